@@ -1,0 +1,62 @@
+# Weir. Targets that touch the kernel (test, bench, demo) need root.
+SHELL := /bin/bash
+GO ?= go
+CLANG ?= clang-19
+STRIP ?= llvm-strip-19
+GOTEST_FLAGS ?= -count=1 -timeout 40m
+BENCH ?= .
+export CGO_ENABLED ?= 0
+
+.PHONY: all build generate generate-check test bench demo lint deps bpffs clean
+
+all: build
+
+build:
+	$(GO) build -o bin/weir ./cmd/weir
+
+# Regenerates the BPF objects and their Go bindings with the pinned clang
+# (the //go:generate lines name clang-19 and llvm-strip-19).
+generate:
+	$(GO) generate ./...
+
+# Fails when the committed objects don't match their C sources.
+generate-check: generate
+	@if [ -n "$$(git status --porcelain -- '*.o' '*_bpfel.go')" ]; then \
+		git status --porcelain -- '*.o' '*_bpfel.go'; \
+		echo "generated BPF objects differ from the committed ones: run 'make generate' and commit"; \
+		exit 1; \
+	fi
+
+# Installs what the tests and the demo need on a fresh Debian 12 machine
+# (as root) and mounts bpffs. Cheap when everything is already there.
+DEB_PKGS := clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool bpftool etcd-server openssl curl
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	@command -v $(GO) >/dev/null || { echo "Go 1.26 is needed on PATH (see README)"; exit 1; }
+
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+test: deps
+	$(GO) test $(GOTEST_FLAGS) ./...
+
+bench: deps
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1s ./...
+
+demo: deps build
+	./bin/weir demo
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+clean:
+	rm -rf bin
