@@ -1,0 +1,148 @@
+/* Every map Weir's programs use, declared once. All are pinned by name under
+ * the agent's bpffs root; the agent creates them (bpf.OpenMaps) and hands
+ * them to each program object, so every program sees the same maps. */
+#ifndef WEIR_MAPS_H
+#define WEIR_MAPS_H
+
+#include "types.h"
+
+/* Frontend (address, port, protocol, scope) -> service entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_SERVICES);
+	__type(key, struct service_key);
+	__type(value, struct service_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_services SEC(".maps");
+
+/* Backend ID -> backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_backends SEC(".maps");
+
+/* Service ID -> Maglev table (array of backend IDs). Inner maps differ in
+ * size per service (BPF_F_INNER_MAP); the agent fills a new inner map and
+ * swaps it in with one update. */
+struct weir_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, WEIR_MAX_SERVICES);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct weir_maglev_inner);
+} weir_maglev SEC(".maps");
+
+/* Frontend ID -> the frontend a client dialled (reverse NAT). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_FRONTENDS);
+	__type(key, __u32);
+	__type(value, struct frontend_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_frontends SEC(".maps");
+
+/* (service ID, client prefix) allow-list for services with source ranges. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_MAX_SOURCE_RANGES);
+	__type(key, struct source_range_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_source_ranges SEC(".maps");
+
+/* Client 5-tuple -> chosen backend, so flows survive backend-set changes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_CT_SIZE);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ct SEC(".maps");
+
+/* ClientIP session affinity. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_AFFINITY_SIZE);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_affinity SEC(".maps");
+
+/* SNAT replies: (backend, NAT port) -> the client to restore. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_SNAT_SIZE);
+	__type(key, struct snat_key);
+	__type(value, struct snat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_snat SEC(".maps");
+
+/* Socket cookie + backend -> service address, for UDP recvmsg and
+ * getpeername. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_SOCK_REVNAT_SIZE);
+	__type(key, struct sock_revnat_key);
+	__type(value, struct sock_revnat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_sock_revnat SEC(".maps");
+
+/* Per-CPU counters, indexed by service ID, backend ID and drop reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct traffic_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_service_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct traffic_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct traffic_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_drops SEC(".maps");
+
+/* Drop and sampled flow events for `weir observe`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WEIR_EVENTS_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_events SEC(".maps");
+
+/* cgroup v2 ID -> 1: sockets of tasks in these cgroups (or below them)
+ * are left alone by the socket load balancer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_SOCK_SKIP_CGROUPS_SIZE);
+	__type(key, __u64);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_sock_skip_cgroups SEC(".maps");
+
+#endif

@@ -1,0 +1,149 @@
+/* Keys and values of the maps shared by all programs. Addresses are 16
+ * bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d) so one layout serves
+ * both families and IPv4-mapped IPv6 sockets need no translation. Ports are
+ * in network byte order. Every struct has a Go mirror in bpf/types.go. */
+#ifndef WEIR_TYPES_H
+#define WEIR_TYPES_H
+
+#include "consts.h"
+
+struct service_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 scope;
+};
+
+struct service_value {
+	__u32 service_id;
+	__u32 frontend_id;
+	__u32 backends; /* backends that take new flows; 0 rejects */
+	__u32 table_size; /* slots in this service's Maglev table */
+	__u32 affinity_timeout; /* seconds */
+	__u16 flags;
+	__u8 mode;
+	__u8 pad;
+};
+
+struct backend_value {
+	__u8 addr[16];
+	__u8 tunnel[16]; /* outer destination for DSR */
+	__be16 port;
+	__u16 weight;
+	__u32 service_id;
+	__u8 state;
+	__u8 pad[3];
+};
+
+/* Reverse NAT: what a client dialled, plus names for inspection. */
+struct frontend_value {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 scope;
+	__u8 kind;
+	__u8 pad[3];
+	__u32 service_id;
+	char name[WEIR_NAME_LEN];
+	char port_name[WEIR_PORT_NAME_LEN];
+};
+
+/* LPM key: prefixlen counts the 32 bits of service_id plus the address
+ * bits (an IPv4 range also counts the 96 bits of the mapped prefix). */
+struct source_range_key {
+	__u32 prefixlen;
+	__u32 service_id;
+	__u8 addr[16];
+};
+
+struct affinity_key {
+	__u64 netns_cookie; /* 0 for XDP */
+	__u32 service_id;
+	__u32 pad;
+	__u8 client[16];
+};
+
+struct affinity_value {
+	__u64 last_used; /* bpf_ktime_get_ns() */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+struct traffic_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Connection tracking, keyed by the client's packet as it arrived. */
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ct_value {
+	__u64 last_seen; /* bpf_ktime_get_ns() */
+	__u32 backend_id;
+	__u32 frontend_id;
+	__u32 service_id;
+	__be16 nat_port; /* SNAT source port; 0 for DSR */
+	__u8 flags;
+	__u8 pad;
+};
+
+/* SNAT reverse entry, keyed by a reply from a backend to the node. */
+struct snat_key {
+	__u8 addr[16]; /* backend */
+	__be16 port; /* backend port */
+	__be16 nat_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct snat_value {
+	__u64 last_seen;
+	__u8 client[16];
+	__be16 client_port;
+	__u8 pad[2];
+	__u32 frontend_id;
+};
+
+/* Socket-level reverse NAT for unconnected UDP and getpeername. */
+struct sock_revnat_key {
+	__u64 cookie;
+	__u8 addr[16]; /* backend */
+	__be16 port;
+	__u8 pad[6];
+};
+
+struct sock_revnat_value {
+	__u8 addr[16]; /* frontend */
+	__be16 port;
+	__u8 pad[2];
+	__u32 frontend_id;
+};
+
+/* An entry of the events ring buffer. */
+struct event {
+	__u64 timestamp;
+	__u32 ifindex;
+	__u32 service_id;
+	__u32 backend_id;
+	__u8 type; /* WEIR_EVENT_* */
+	__u8 reason; /* WEIR_REASON_* */
+	__u8 proto;
+	__u8 pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u32 pad2;
+};
+
+#define WEIR_EVENT_DROP 1
+#define WEIR_EVENT_NEW_FLOW 2
+
+#endif
