@@ -41,6 +41,16 @@ type Maps struct {
 	// SockSkipCgroups holds the cgroup v2 IDs the socket load balancer
 	// leaves alone (sockmap.Config.SkipCgroups).
 	SockSkipCgroups *ebpf.Map
+	// NodeAddrs holds this node's addresses: the DSR decap targets of
+	// the XDP program (xdp.Program.SetNodeAddrs fills it).
+	NodeAddrs *ebpf.Map
+	// EventsLost counts, per CPU, events the datapath could not write to
+	// Events (rate bound or ring buffer full).
+	EventsLost *ebpf.Map
+	// SockPeer is socket local storage: the reverse NAT of sockets the
+	// socket load balancer connected (read by its getpeername and
+	// recvmsg hooks; it can't be listed from user space).
+	SockPeer *ebpf.Map
 
 	// MaglevInner is the spec of one Maglev table; MaxEntries is set per
 	// service when a table is created.
@@ -109,6 +119,9 @@ func OpenMaps(root string, sizes MapSizes) (*Maps, error) {
 		Drops:           objs.WeirDrops,
 		Events:          objs.WeirEvents,
 		SockSkipCgroups: objs.WeirSockSkipCgroups,
+		NodeAddrs:       objs.WeirNodeAddrs,
+		EventsLost:      objs.WeirEventsLost,
+		SockPeer:        objs.WeirSockPeer,
 		MaglevInner:     spec.Maps["weir_maglev"].InnerMap.Copy(),
 		root:            root,
 	}, nil
@@ -134,6 +147,9 @@ func (m *Maps) All() map[string]*ebpf.Map {
 		"weir_drops":             m.Drops,
 		"weir_events":            m.Events,
 		"weir_sock_skip_cgroups": m.SockSkipCgroups,
+		"weir_node_addrs":        m.NodeAddrs,
+		"weir_events_lost":       m.EventsLost,
+		"weir_sock_peer":         m.SockPeer,
 	}
 }
 

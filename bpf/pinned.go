@@ -54,5 +54,8 @@ func (m *Maps) fields() map[string]**ebpf.Map {
 		"weir_drops":             &m.Drops,
 		"weir_events":            &m.Events,
 		"weir_sock_skip_cgroups": &m.SockSkipCgroups,
+		"weir_node_addrs":        &m.NodeAddrs,
+		"weir_events_lost":       &m.EventsLost,
+		"weir_sock_peer":         &m.SockPeer,
 	}
 }

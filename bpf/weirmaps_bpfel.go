@@ -111,6 +111,15 @@ type weirMapsSnatValue struct {
 	FrontendId uint32
 }
 
+type weirMapsSockPeer struct {
+	_            structs.HostLayout
+	Backend      [16]uint8
+	Frontend     [16]uint8
+	BackendPort  uint16
+	FrontendPort uint16
+	FrontendId   uint32
+}
+
 type weirMapsSockRevnatKey struct {
 	_      structs.HostLayout
 	Cookie uint64
@@ -150,11 +159,14 @@ const (
 	weirMapsMapWeirCt              = "weir_ct"
 	weirMapsMapWeirDrops           = "weir_drops"
 	weirMapsMapWeirEvents          = "weir_events"
+	weirMapsMapWeirEventsLost      = "weir_events_lost"
 	weirMapsMapWeirFrontends       = "weir_frontends"
 	weirMapsMapWeirMaglev          = "weir_maglev"
+	weirMapsMapWeirNodeAddrs       = "weir_node_addrs"
 	weirMapsMapWeirServiceStats    = "weir_service_stats"
 	weirMapsMapWeirServices        = "weir_services"
 	weirMapsMapWeirSnat            = "weir_snat"
+	weirMapsMapWeirSockPeer        = "weir_sock_peer"
 	weirMapsMapWeirSockRevnat      = "weir_sock_revnat"
 	weirMapsMapWeirSockSkipCgroups = "weir_sock_skip_cgroups"
 	weirMapsMapWeirSourceRanges    = "weir_source_ranges"
@@ -215,11 +227,14 @@ type weirMapsMapSpecs struct {
 	WeirCt              *ebpf.MapSpec `ebpf:"weir_ct"`
 	WeirDrops           *ebpf.MapSpec `ebpf:"weir_drops"`
 	WeirEvents          *ebpf.MapSpec `ebpf:"weir_events"`
+	WeirEventsLost      *ebpf.MapSpec `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.MapSpec `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.MapSpec `ebpf:"weir_maglev"`
+	WeirNodeAddrs       *ebpf.MapSpec `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.MapSpec `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.MapSpec `ebpf:"weir_services"`
 	WeirSnat            *ebpf.MapSpec `ebpf:"weir_snat"`
+	WeirSockPeer        *ebpf.MapSpec `ebpf:"weir_sock_peer"`
 	WeirSockRevnat      *ebpf.MapSpec `ebpf:"weir_sock_revnat"`
 	WeirSockSkipCgroups *ebpf.MapSpec `ebpf:"weir_sock_skip_cgroups"`
 	WeirSourceRanges    *ebpf.MapSpec `ebpf:"weir_source_ranges"`
@@ -258,11 +273,14 @@ type weirMapsMaps struct {
 	WeirCt              *ebpf.Map `ebpf:"weir_ct"`
 	WeirDrops           *ebpf.Map `ebpf:"weir_drops"`
 	WeirEvents          *ebpf.Map `ebpf:"weir_events"`
+	WeirEventsLost      *ebpf.Map `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.Map `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.Map `ebpf:"weir_maglev"`
+	WeirNodeAddrs       *ebpf.Map `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.Map `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.Map `ebpf:"weir_services"`
 	WeirSnat            *ebpf.Map `ebpf:"weir_snat"`
+	WeirSockPeer        *ebpf.Map `ebpf:"weir_sock_peer"`
 	WeirSockRevnat      *ebpf.Map `ebpf:"weir_sock_revnat"`
 	WeirSockSkipCgroups *ebpf.Map `ebpf:"weir_sock_skip_cgroups"`
 	WeirSourceRanges    *ebpf.Map `ebpf:"weir_source_ranges"`
@@ -276,11 +294,14 @@ func (m *weirMapsMaps) Close() error {
 		m.WeirCt,
 		m.WeirDrops,
 		m.WeirEvents,
+		m.WeirEventsLost,
 		m.WeirFrontends,
 		m.WeirMaglev,
+		m.WeirNodeAddrs,
 		m.WeirServiceStats,
 		m.WeirServices,
 		m.WeirSnat,
+		m.WeirSockPeer,
 		m.WeirSockRevnat,
 		m.WeirSockSkipCgroups,
 		m.WeirSourceRanges,

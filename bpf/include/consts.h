@@ -77,4 +77,9 @@
  * skipped when one of their first WEIR_SOCK_MAX_CGROUP_DEPTH ancestors is. */
 #define WEIR_SOCK_MAX_CGROUP_DEPTH 32
 
+/* XDP datapath (bpf/xdp_lb.c). */
+#ifndef WEIR_MAX_NODE_ADDRS
+#define WEIR_MAX_NODE_ADDRS 256 /* this node's addresses: DSR decap targets */
+#endif
+
 #endif

@@ -146,4 +146,15 @@ struct event {
 #define WEIR_EVENT_DROP 1
 #define WEIR_EVENT_NEW_FLOW 2
 
+/* Reverse NAT of one connected socket, kept in the socket's local storage
+ * (freed with the socket): the backend the socket was sent to and the
+ * service address the application dialled. */
+struct sock_peer {
+	__u8 backend[16];
+	__u8 frontend[16];
+	__be16 backend_port;
+	__be16 frontend_port;
+	__u32 frontend_id;
+};
+
 #endif
