@@ -1,0 +1,87 @@
+// Package lb is Weir's control plane: the service model, the datapath
+// contract, and the reconciler that programs one into the other.
+//
+// # Model
+//
+// A Service is one service port: frontends (address, port, protocol,
+// scope, kind) and backends (address, port, weight, state, locality),
+// plus the Mode (DSR, SNAT, hybrid), ClientIP affinity, the Local traffic
+// policies, source ranges and a Maglev table size. Sources (Kubernetes
+// informers, the edge config file) build Services; Validate checks one
+// and names every problem with its fix.
+//
+// # Datapath contract
+//
+// Datapath is everything the reconciler needs from the maps: upserts and
+// deletes of backends, Maglev tables, frontends (reverse NAT), source
+// ranges and service keys, and Dump to read it all back. Writes are
+// idempotent and deleting a missing key succeeds. UpsertMaglev replaces a
+// table atomically. A datapath whose table swap has a fixed cost (the BPF
+// one waits for an RCU grace period) also implements MaglevBatcher; the
+// reconciler then swaps a Sync's tables in batches. The real datapath is
+// bpf.Datapath; lb/lbtest has an in-memory Fake and a fault-injecting
+// wrapper.
+//
+// A service becomes up to two views, each with a ServiceID, its backends'
+// BackendIDs and a Maglev table: the internal view (always; the socket
+// hooks' choice, InternalTableSize slots, InternalLocal filtering) and
+// the external view (when a frontend is external; XDP's choice, the
+// service's or the node's table size, ExternalLocal filtering, source
+// ranges). Every frontend has a FrontendID and an internal key; an
+// external frontend also has an external key. All backends of a view get
+// an entry whatever their state, so established flows keep theirs; only
+// usable ones fill the table: active with a weight, or if there are none,
+// terminating with a weight. With no usable backend the keys say
+// Backends=0 (the datapath rejects) and the view has no table.
+//
+// # Reconciler
+//
+// Upsert, Delete and Replace record the desired state and mark what
+// changed; they do no datapath I/O. Sync applies what is marked, and only
+// that, so its cost follows the change, not the number of services. It
+// guarantees:
+//
+//   - Diffing: each service's applied entries are kept in bookkeeping;
+//     only entries that differ are written, so a Sync over unchanged
+//     services writes nothing. A Maglev table is rewritten only when its
+//     input (or, after a restart, its content) changed.
+//   - Make-before-break: per service, backends, then the table, then
+//     frontends, source ranges and keys; then stale keys, frontends,
+//     source ranges and backends; then stale tables. No write ever makes
+//     a reachable entry refer to a missing one. (Before a table shrinks,
+//     its keys first get the smaller size, so that no slot they pick is
+//     past the end of either table.)
+//   - Bookkeeping after the write: an entry counts as applied only once
+//     its write succeeded; a failed write leaves it to be rewritten. IDs
+//     are owned from allocation until the delete of their entry succeeded,
+//     so no failure leaks one. IDs are the lowest free, never 0.
+//   - Isolation: each service stands alone. The first failure stops that
+//     service (leaving its previous entries serving); the others go on.
+//   - Restart: NewReconciler adopts the datapath's content (Dump) with its
+//     IDs, so the same desired state afterwards makes zero writes, and
+//     established connections keep their backend IDs. Entries that belong
+//     to no desired service are deleted only after the full desired state
+//     arrived (Replace, or MarkSynced after incremental Upserts), never on
+//     a partial one.
+//   - Conflicts: a frontend key served by one service is refused to a
+//     second one (the first keeps serving); when the first releases it,
+//     the second takes it over in the same Sync.
+//
+// # Errors
+//
+// Sync returns the services' errors joined, each a *ServiceError naming
+// the service. Retry is true for datapath failures: the service stays
+// marked and the next Sync tries again. An invalid service (wrapping the
+// *ValidationError list) or a conflict (wrapping ErrConflict, naming both
+// services) is not retried until its desired state changes or the
+// conflicting frontend is released; its previously applied state keeps
+// serving. SyncResult lists the services written and deleted and the
+// backends removed, whose conntrack entries are dead.
+//
+// # Runner
+//
+// Runner calls Sync (or any function) with bounded frequency: requests
+// collapse, runs are at least a minimum interval apart and at most a
+// maximum interval apart, and failures are retried with capped
+// exponential backoff. Time comes from an injectable Clock.
+package lb
