@@ -134,10 +134,14 @@ func (s BackendState) String() string {
 
 // ServiceName identifies a service port: Kubernetes namespace/name plus
 // the port's name, or an edge service's name with an empty namespace.
+// IPv6 tells the two halves of a dual-stack service apart: a Service is
+// single-family, so a source splits a dual-stack one in two. The
+// reconciler sets IPv6 from the frontends' family; sources need not.
 type ServiceName struct {
 	Namespace string
 	Name      string
 	Port      string
+	IPv6      bool
 }
 
 func (n ServiceName) String() string {
@@ -147,6 +151,9 @@ func (n ServiceName) String() string {
 	}
 	if n.Port != "" {
 		s += ":" + n.Port
+	}
+	if n.IPv6 {
+		s += " (IPv6)"
 	}
 	return s
 }

@@ -173,7 +173,8 @@ func (r *Reconciler) Delete(name ServiceName) {
 func (r *Reconciler) Replace(all []*Service) {
 	next := make(map[ServiceName]*Service, len(all))
 	for _, s := range all {
-		next[s.Name] = cloneService(s)
+		c := cloneService(s)
+		next[c.Name] = c
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -237,11 +238,25 @@ func (r *Reconciler) Services() []*Service {
 }
 
 func compareName(a, b ServiceName) int {
-	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Port, b.Port))
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Port, b.Port), compareBool(a.IPv6, b.IPv6))
 }
 
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// cloneService copies s, marking its name IPv6 when its frontends are.
 func cloneService(s *Service) *Service {
 	c := *s
+	if len(s.Frontends) > 0 {
+		c.Name.IPv6 = !s.Frontends[0].Addr.Unmap().Is4()
+	}
 	c.Frontends = slices.Clone(s.Frontends)
 	c.Backends = slices.Clone(s.Backends)
 	c.SourceRanges = slices.Clone(s.SourceRanges)

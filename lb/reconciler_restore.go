@@ -42,6 +42,7 @@ func (r *Reconciler) restore(s *DatapathState) {
 		fe := s.Frontends[id]
 		fe.Addr = fe.Addr.Unmap()
 		name := parseEntryName(fe.Service, fe.PortName)
+		name.IPv6 = !fe.Addr.Is4()
 		ident := frontendIdent{fe.Addr, fe.Port, fe.Protocol}
 		seenSIDs[fe.ServiceID] = true
 		if name.Name == "" || (r.applied[name] != nil && r.applied[name].frontends[ident] != nil) {

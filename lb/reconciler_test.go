@@ -433,3 +433,46 @@ func TestReplaceAllBackendsInOneSync(t *testing.T) {
 	checkFake(t, fake)
 	checkNoLeaks(t, r, fake)
 }
+
+// The two halves of a dual-stack service share a name and are told apart
+// by their frontends' family, also after a restart.
+func TestDualStackHalves(t *testing.T) {
+	fake := lbtest.NewFake()
+	r := newReconciler(t, fake)
+	v4 := clusterIP("default/ds:http", "10.96.0.7", "10.0.0.1")
+	v6 := clusterIP("default/ds:http", "fd00:96::7", "fd00::1")
+	r.Replace([]*lb.Service{v4, v6})
+	if res := mustSync(t, r); len(res.Updated) != 2 {
+		t.Fatalf("Updated = %v, want both halves", res.Updated)
+	}
+	st, err := fake.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Services) != 2 || len(st.Backends) != 2 {
+		t.Fatalf("want 2 keys and 2 backends, got:\n%s", fake)
+	}
+
+	fake.ResetCounts()
+	again := newReconciler(t, fake)
+	again.Replace([]*lb.Service{v4, v6})
+	mustSync(t, again)
+	if fake.Writes() != 0 {
+		t.Errorf("restart wrote %d entries, want 0: %v", fake.Writes(), fake.CallCounts())
+	}
+
+	name6 := v6.Name
+	name6.IPv6 = true
+	again.Delete(name6)
+	mustSync(t, again)
+	st, _ = fake.Dump()
+	if len(st.Services) != 1 || len(st.Backends) != 1 {
+		t.Fatalf("after deleting the IPv6 half, want the IPv4 half only:\n%s", fake)
+	}
+	for k := range st.Services {
+		if !k.Addr.Is4() {
+			t.Errorf("the IPv4 half's key is gone, %s is left", k.Addr)
+		}
+	}
+	checkNoLeaks(t, again, fake)
+}
