@@ -234,3 +234,9 @@ func (h *Host) LinkStats(link string) (rx, tx uint64, err error) {
 	}
 	return s.RxBytes, s.TxBytes, nil
 }
+
+// Prefix is the prefix of the topology's namespace names.
+func (t *Topology) Prefix() string { return t.prefix }
+
+// Hosts returns the topology's hosts in creation order.
+func (t *Topology) Hosts() []*Host { return t.hosts }

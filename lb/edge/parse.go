@@ -120,6 +120,9 @@ func (l *errorList) top(doc *yaml.Node, defaults Defaults) []*lb.Service {
 			l.validation(p, err)
 			continue
 		}
+		if !l.dsrPorts(p) {
+			continue
+		}
 		all = append(all, p)
 	}
 	l.conflicts(all)
@@ -128,6 +131,33 @@ func (l *errorList) top(doc *yaml.Node, defaults Defaults) []*lb.Service {
 		out[i] = p.svc
 	}
 	return out
+}
+
+// dsrPorts reports backends a DSR service can't reach: the client's packet
+// arrives at the backend unchanged inside the tunnel, so the backend must
+// listen on the VIP's port. (The socket hooks translate ports, so an
+// internal service may map them.) It returns whether all is well.
+func (l *errorList) dsrPorts(p *parsed) bool {
+	fe := p.svc.Frontends[0]
+	dsr := p.svc.Mode == lb.ModeDSR || (p.svc.Mode == lb.ModeHybrid && fe.Protocol == lb.TCP)
+	if !dsr || fe.Scope != lb.ScopeExternal {
+		return true
+	}
+	ok := true
+	for i, b := range p.svc.Backends {
+		if b.Port == fe.Port || i >= len(p.backends) {
+			continue
+		}
+		f := p.backends[i]
+		n := f.get("port")
+		if n == nil {
+			n = f.node
+		}
+		l.at(n, f.sub("port"), "%d differs from the service's port %d, but %s mode delivers the client's packet unchanged (make the backend listen on %d, or use mode: snat)",
+			b.Port, fe.Port, p.svc.Mode, fe.Port)
+		ok = false
+	}
+	return ok
 }
 
 // conflicts reports services sharing a name or a frontend.

@@ -14,7 +14,7 @@ import (
 	"github.com/weir-lb/weir/lb"
 )
 
-var testDefaults = Defaults{Mode: lb.ModeHybrid, MaglevTableSize: 4093}
+var testDefaults = Defaults{Mode: lb.ModeSNAT, MaglevTableSize: 4093}
 
 // mustParse parses a config the test expects to be valid.
 func mustParse(t *testing.T, text string) []*lb.Service {
@@ -326,5 +326,20 @@ func TestLoad(t *testing.T) {
 	}
 	if _, err := Load(path, testDefaults); err == nil || !strings.HasPrefix(err.Error(), path+":4:11: ") {
 		t.Fatalf("Load of a broken file: %v; want an error at %s:4:11", err, path)
+	}
+}
+
+func TestParseDSRPortMismatch(t *testing.T) {
+	text := strings.Replace(baseConfig, "    port: 80\n", "    port: 80\n    mode: dsr\n", 1)
+	_, err := Parse("edge.yaml", []byte(text), testDefaults)
+	if err == nil || !strings.Contains(err.Error(), "edge.yaml:8:15: services[0].backends[0].port: 8080 differs from the service's port 80, but dsr mode") {
+		t.Fatalf("err = %v, want the DSR port error at the backend's port", err)
+	}
+	// SNAT translates ports; internal services go through the socket hooks.
+	for _, extra := range []string{"    mode: snat\n", "    mode: dsr\n    scope: internal\n"} {
+		text := strings.Replace(baseConfig, "    port: 80\n", "    port: 80\n"+extra, 1)
+		if _, err := Parse("edge.yaml", []byte(text), testDefaults); err != nil {
+			t.Errorf("with %q: %v", extra, err)
+		}
 	}
 }
