@@ -122,6 +122,13 @@ type CTValue struct {
 	NatPort    Port // SNAT source port; zero for DSR
 	Flags      uint8
 	_          uint8
+	// The flow's next hop as the XDP datapath cached it: egress device
+	// (0: none), the largest L3 length checked against its MTU, MACs.
+	FibIfindex uint32
+	FibLen     uint16
+	FibDmac    [6]byte
+	FibSmac    [6]byte
+	_          [6]uint8
 }
 
 // SNATKey must match struct snat_key in bpf/include/types.h: a reply from

@@ -92,6 +92,13 @@ struct ct_value {
 	__be16 nat_port; /* SNAT source port; 0 for DSR */
 	__u8 flags;
 	__u8 pad;
+	/* The flow's next hop, cached by the XDP datapath so established
+	 * packets skip the FIB lookup; refreshed with last_seen. */
+	__u32 fib_ifindex; /* egress device; 0: nothing cached */
+	__u16 fib_len; /* largest L3 length checked against the MTU */
+	__u8 fib_dmac[6];
+	__u8 fib_smac[6];
+	__u8 pad2[6];
 };
 
 /* SNAT reverse entry, keyed by a reply from a backend to the node. */

@@ -1,0 +1,245 @@
+package xdp
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weir-lb/weir/bpf"
+	"github.com/weir-lb/weir/lb"
+)
+
+// backendOf runs a packet of the flow and returns the tunnel it was
+// encapsulated to.
+func (e *testEnv) backendOf(tb testing.TB, fl flow) netip.Addr {
+	tb.Helper()
+	v, out := e.run(tb, packet(fl, pktOpts{TCPFlags: tcpACK}))
+	wantVerdict(tb, v, xdpTX)
+	return o2tunnel(tb, out)
+}
+
+// TestConntrack: an established flow keeps its backend when the Maglev
+// table changes; new flows follow the table; a deleted backend releases
+// its flows.
+func TestConntrack(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			e := newEnv(t, Config{})
+			s := dsrService(f, protoTCP)
+			s.Table = []lb.BackendID{1} // only A takes flows
+			e.addService(t, s)
+			fl := clientFlow(f, protoTCP, 33000)
+			if got := e.backendOf(t, fl); got != f.tunA {
+				t.Fatalf("first packet to %s, want %s", got, f.tunA)
+			}
+			e.setTable(t, s.ID, 2) // now only B
+			for range 3 {
+				if got := e.backendOf(t, fl); got != f.tunA {
+					t.Fatalf("established flow moved to %s after the table changed", got)
+				}
+			}
+			if got := e.backendOf(t, fl.withSport(33001)); got != f.tunB {
+				t.Errorf("new flow went to %s, want %s", got, f.tunB)
+			}
+			// The conntrack entry is keyed by the client's packet.
+			var ct bpf.CTValue
+			key := ctKeyOf(fl)
+			must(t, e.maps.CT.Lookup(&key, &ct))
+			if ct.BackendID != 1 || ct.ServiceID != uint32(s.ID) || ct.NatPort != (bpf.Port{}) {
+				t.Errorf("conntrack entry %+v", ct)
+			}
+			// Backend A deleted: its flows are re-balanced.
+			must(t, e.dp.DeleteBackend(1))
+			if got := e.backendOf(t, fl); got != f.tunB {
+				t.Errorf("flow of a deleted backend went to %s, want %s", got, f.tunB)
+			}
+		})
+	}
+}
+
+// TestConntrackTimeout: an entry idle past the timeout no longer pins
+// its backend.
+func TestConntrackTimeout(t *testing.T) {
+	e := newEnv(t, Config{CTTimeoutTCP: 2 * time.Second})
+	f := families[0]
+	s := dsrService(f, protoTCP)
+	s.Table = []lb.BackendID{1}
+	e.addService(t, s)
+	fl := clientFlow(f, protoTCP, 1234)
+	if got := e.backendOf(t, fl); got != f.tunA {
+		t.Fatalf("got %s", got)
+	}
+	e.setTable(t, s.ID, 2)
+	key := ctKeyOf(fl)
+	var ct bpf.CTValue
+	must(t, e.maps.CT.Lookup(&key, &ct))
+	ct.LastSeen = monotonicNow(t) - uint64(3*time.Second)
+	must(t, e.maps.CT.Update(&key, &ct, ebpf.UpdateExist))
+	if got := e.backendOf(t, fl); got != f.tunB {
+		t.Errorf("stale flow stayed on %s", got)
+	}
+}
+
+func ctKeyOf(fl flow) bpf.CTKey {
+	return bpf.CTKey{
+		Saddr: bpf.AddrFrom(fl.Src.Addr()), Daddr: bpf.AddrFrom(fl.Dst.Addr()),
+		Sport: bpf.PortFrom(fl.Src.Port()), Dport: bpf.PortFrom(fl.Dst.Port()), Proto: fl.Proto,
+	}
+}
+
+// TestTerminatingBackend: the control plane takes a terminating backend
+// out of the table; established flows keep it, new flows don't get it.
+func TestTerminatingBackend(t *testing.T) {
+	e := newEnv(t, Config{})
+	f := families[0]
+	s := dsrService(f, protoTCP)
+	s.Table = []lb.BackendID{1}
+	e.addService(t, s)
+	fl := clientFlow(f, protoTCP, 2000)
+	if got := e.backendOf(t, fl); got != f.tunA {
+		t.Fatalf("got %s", got)
+	}
+	e.addBackend(t, s.ID, be{ID: 1, Addr: s.Backends[0].Addr, Tunnel: f.tunA, State: lb.BackendTerminating})
+	e.setTable(t, s.ID, 2)
+	if got := e.backendOf(t, fl); got != f.tunA {
+		t.Errorf("established flow of a terminating backend moved to %s", got)
+	}
+	for p := uint16(2001); p < 2020; p++ {
+		if got := e.backendOf(t, fl.withSport(p)); got != f.tunB {
+			t.Fatalf("new flow went to %s, want the active backend", got)
+		}
+	}
+}
+
+// TestQuarantinedBackend: a backend whose health check failed is dead, so
+// its established flows move to a live backend instead of black-holing.
+func TestQuarantinedBackend(t *testing.T) {
+	e := newEnv(t, Config{})
+	f := families[0]
+	s := dsrService(f, protoTCP)
+	s.Table = []lb.BackendID{1}
+	e.addService(t, s)
+	fl := clientFlow(f, protoTCP, 3000)
+	if got := e.backendOf(t, fl); got != f.tunA {
+		t.Fatalf("got %s", got)
+	}
+	e.addBackend(t, s.ID, be{ID: 1, Addr: s.Backends[0].Addr, Tunnel: f.tunA, State: lb.BackendQuarantined})
+	e.setTable(t, s.ID, 2)
+	if got := e.backendOf(t, fl); got != f.tunB {
+		t.Errorf("established flow of a quarantined backend stayed on %s, want %s", got, f.tunB)
+	}
+}
+
+// TestAffinity: with ClientIP affinity, a client's connections share a
+// backend; an expired or no longer active affinity entry is not used.
+func TestAffinity(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			e := newEnv(t, Config{})
+			s := dsrService(f, protoTCP)
+			s.Flags = lb.FlagAffinity
+			s.Affinity = 10 * time.Second
+			// Both backends in the table: without affinity the ports
+			// below would spread.
+			e.addService(t, s)
+			first := e.backendOf(t, clientFlow(f, protoTCP, 3000))
+			for p := uint16(3001); p < 3020; p++ {
+				if got := e.backendOf(t, clientFlow(f, protoTCP, p)); got != first {
+					t.Fatalf("port %d went to %s, first connection to %s", p, got, first)
+				}
+			}
+			key := bpf.AffinityKey{ServiceID: uint32(s.ID), Client: bpf.AddrFrom(f.cli)}
+			var av bpf.AffinityValue
+			must(t, e.maps.Affinity.Lookup(&key, &av))
+			want := map[netip.Addr]uint32{f.tunA: 1, f.tunB: 2}[first]
+			if av.BackendID != want {
+				t.Errorf("affinity entry %+v, want backend %d", av, want)
+			}
+
+			// A fresh entry pointing to the other backend wins over
+			// Maglev; an expired one doesn't.
+			other, otherID := f.tunB, uint32(2)
+			if first == f.tunB {
+				other, otherID = f.tunA, 1
+			}
+			set := func(age time.Duration, id uint32) {
+				v := bpf.AffinityValue{LastUsed: monotonicNow(t) - uint64(age), BackendID: id}
+				must(t, e.maps.Affinity.Update(&key, &v, ebpf.UpdateAny))
+			}
+			set(0, otherID)
+			if got := e.backendOf(t, clientFlow(f, protoTCP, 4000)); got != other {
+				t.Errorf("fresh affinity to %s ignored: went to %s", other, got)
+			}
+			set(11*time.Second, otherID)
+			if got := e.backendOf(t, clientFlow(f, protoTCP, 4001)); got != first {
+				t.Errorf("expired affinity used: went to %s, Maglev picks %s", got, first)
+			}
+			// An affinity to a terminating backend is not used for new
+			// flows.
+			set(0, otherID)
+			e.addBackend(t, s.ID, be{ID: lb.BackendID(otherID), Addr: s.Backends[0].Addr, Tunnel: other, State: lb.BackendTerminating})
+			if got := e.backendOf(t, clientFlow(f, protoTCP, 4002)); got != first {
+				t.Errorf("affinity to a terminating backend used: went to %s", got)
+			}
+		})
+	}
+}
+
+// TestMaglevSpread: without affinity, flows spread over the table.
+func TestMaglevSpread(t *testing.T) {
+	e := newEnv(t, Config{})
+	f := families[0]
+	e.addService(t, dsrService(f, protoTCP))
+	n := map[netip.Addr]int{}
+	for p := uint16(1); p <= 200; p++ {
+		n[e.backendOf(t, clientFlow(f, protoTCP, p))]++
+	}
+	if n[f.tunA] < 60 || n[f.tunB] < 60 {
+		t.Errorf("200 flows over two backends: %v", n)
+	}
+}
+
+// TestFIBCache: an established flow's next hop comes from its conntrack
+// entry; a neighbour change is picked up at the once-a-second refresh.
+func TestFIBCache(t *testing.T) {
+	e := newEnv(t, Config{})
+	f := families[0]
+	s := dsrService(f, protoTCP)
+	s.Table = []lb.BackendID{1}
+	e.addService(t, s)
+	fl := clientFlow(f, protoTCP, 7000)
+	in := packet(fl, pktOpts{TCPFlags: tcpACK})
+	for range 2 { // the new flow, then the packet that fills the cache
+		v, out := e.run(t, in)
+		wantVerdict(t, v, xdpTX)
+		wantDSR(t, out, in, f.tunA, f.prefix, macLB, macNH)
+	}
+	key := ctKeyOf(fl)
+	var ct bpf.CTValue
+	must(t, e.maps.CT.Lookup(&key, &ct))
+	if ct.FibIfindex != uint32(e.ifindex) || net.HardwareAddr(ct.FibDmac[:]).String() != macNH.String() || int(ct.FibLen) != len(in)-14+20 {
+		t.Errorf("cached next hop: ifindex %d dmac %x len %d", ct.FibIfindex, ct.FibDmac, ct.FibLen)
+	}
+	newMAC := net.HardwareAddr{0x02, 0x77, 0, 0, 0, 0x99}
+	must(t, e.node.Link.NeighSet(&netlink.Neigh{LinkIndex: e.ifindex, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: net.ParseIP("10.0.0.2"), HardwareAddr: newMAC}))
+	_, out := e.run(t, in)
+	wantDSR(t, out, in, f.tunA, f.prefix, macLB, macNH) // still cached
+	must(t, e.maps.CT.Lookup(&key, &ct))
+	ct.LastSeen -= uint64(2 * time.Second)
+	must(t, e.maps.CT.Update(&key, &ct, ebpf.UpdateExist))
+	_, out = e.run(t, in)
+	wantDSR(t, out, in, f.tunA, f.prefix, macLB, newMAC)
+	// A larger packet than the cache was checked for takes the FIB's MTU
+	// check again (and raises the cached size).
+	big := packet(fl, pktOpts{TCPFlags: tcpACK, Payload: make([]byte, 1000)})
+	v, _ := e.run(t, big)
+	wantVerdict(t, v, xdpTX)
+	must(t, e.maps.CT.Lookup(&key, &ct))
+	if int(ct.FibLen) != len(big)-14+20 {
+		t.Errorf("cached length %d after a larger packet, want %d", ct.FibLen, len(big)-14+20)
+	}
+}
