@@ -58,6 +58,11 @@ type sockLBCtValue struct {
 	NatPort    uint16
 	Flags      uint8
 	Pad        uint8
+	FibIfindex uint32
+	FibLen     uint16
+	FibDmac    [6]uint8
+	FibSmac    [6]uint8
+	Pad2       [6]uint8
 }
 
 type sockLBFrontendValue struct {
