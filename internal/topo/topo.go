@@ -180,18 +180,20 @@ func (h *Host) AddAddr(link string, p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("%s: link %s: %w", h.Name, link, err)
 	}
-	bits := 32
-	if p.Addr().Is6() {
-		bits = 128
-	}
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}}
-	if p.Addr().Is6() {
-		a.Flags = 0x02 // IFA_F_NODAD
-	}
-	if err := h.Link.AddrAdd(l, a); err != nil {
+	if err := h.Link.AddrAdd(l, NetlinkAddr(p)); err != nil {
 		return fmt.Errorf("%s: add %s to %s: %w", h.Name, p, link, err)
 	}
 	return nil
+}
+
+// NetlinkAddr is p as a netlink address; IPv6 ones are nodad, so they are
+// usable at once.
+func NetlinkAddr(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = 0x02 // IFA_F_NODAD
+	}
+	return a
 }
 
 // Route adds a route to dst via gw (gw may be invalid for on-link routes
