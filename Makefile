@@ -7,7 +7,7 @@ GOTEST_FLAGS ?= -count=1 -timeout 40m
 BENCH ?= .
 export CGO_ENABLED ?= 0
 
-.PHONY: all build generate generate-check test bench demo lint deps bpffs clean
+.PHONY: all build generate generate-check test bench demo lint deps bpffs clean k8s-binaries
 
 all: build
 
@@ -29,7 +29,7 @@ generate-check: generate
 
 # Installs what the tests and the demo need on a fresh Debian 12 machine
 # (as root) and mounts bpffs. Cheap when everything is already there.
-DEB_PKGS := clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool bpftool etcd-server openssl curl
+DEB_PKGS := clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 ethtool bpftool etcd-server openssl curl nftables iptables
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -45,7 +45,12 @@ deps:
 bpffs:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
-test: deps
+# kube-apiserver, kube-proxy and kubectl v1.37.2 for the real-API-server
+# tests, built from the Go module proxy into ~/.cache/weir (once; minutes).
+k8s-binaries:
+	$(GO) run ./e2e/kube/cmd/build-k8s
+
+test: deps k8s-binaries
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 bench: deps
