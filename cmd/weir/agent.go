@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -39,6 +40,12 @@ type agentOptions struct {
 	syncPeriod         time.Duration
 	mapSizes           bpf.MapSizes
 	logLevel           string
+	newFlowSample      uint32
+	// The Kubernetes source (agent_k8s.go).
+	kubeconfig        string
+	nodeName          string
+	nodePortAddresses []string
+	serviceProxyName  string
 }
 
 func agentFlags(o *agentOptions) *pflag.FlagSet {
@@ -67,6 +74,8 @@ func agentFlags(o *agentOptions) *pflag.FlagSet {
 	fs.Uint32Var(&o.mapSizes.SNAT, "bpf-map-snat", 0, "capacity of the SNAT map (0: default 262144)")
 	fs.Uint32Var(&o.mapSizes.SockRevNat, "bpf-map-sock-revnat", 0, "capacity of the socket reverse-NAT map (0: default 262144)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.Uint32Var(&o.newFlowSample, "new-flow-sample", 0, "emit a new-flow event (see `weir observe`) for one new XDP flow in N; 0 emits none")
+	kubeFlags(fs, o)
 	return fs
 }
 
@@ -111,6 +120,12 @@ type agent struct {
 	sock   *sockmap.Program
 	health *health.Checker
 	status *agentStatus
+	neigh  *neighbors // nil without XDP devices
+	// sourceReady: the service source delivered its first full state.
+	sourceReady atomic.Bool
+	// neighSynced: the next hops were resolved at least once (only the
+	// runner's goroutine touches it).
+	neighSynced bool
 
 	mu      sync.Mutex
 	desired []*lb.Service // from the source, before health overrides
@@ -128,11 +143,14 @@ func newAgent(o agentOptions, logger *slog.Logger) (*agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.config != "" && devices == nil && o.cgroupRoot == "" {
-		return nil, errors.New("--config needs a datapath: pass --devices (interfaces for XDP) and/or --cgroup-root (socket hooks); use --devices none with --cgroup-root for socket hooks only")
+	if err := checkKubeFlags(&o); err != nil {
+		return nil, err
 	}
-	if o.config == "" && devices == nil && o.cgroupRoot == "" {
-		return nil, errors.New("nothing to do: pass --config (edge services) with --devices and/or --cgroup-root, or --devices alone for a DSR backend node")
+	if (o.config != "" || o.kubeSource()) && devices == nil && o.cgroupRoot == "" {
+		return nil, errors.New("a service source (--config, --kubeconfig or in-cluster) needs a datapath: pass --devices (interfaces for XDP) and/or --cgroup-root (socket hooks); use --devices none with --cgroup-root for socket hooks only")
+	}
+	if o.config == "" && !o.kubeSource() && devices == nil && o.cgroupRoot == "" {
+		return nil, errors.New("nothing to do: pass --config (edge services) or --kubeconfig (Kubernetes) with --devices and/or --cgroup-root, or --devices alone for a DSR backend node")
 	}
 	_ = mode
 
@@ -144,6 +162,7 @@ func newAgent(o agentOptions, logger *slog.Logger) (*agent, error) {
 		return nil, err
 	}
 	a := &agent{opts: o, log: logger, maps: maps, status: newAgentStatus()}
+	a.status.linkCheck = a.checkLink
 	ok := false
 	defer func() {
 		if !ok {
@@ -201,7 +220,7 @@ func (a *agent) attachXDP(devices []string) error {
 	if err != nil {
 		return fmt.Errorf("--xdp-mode: %w", err)
 	}
-	prog, err := xdp.Load(xdp.Config{Maps: a.maps, SNATv4: snat4, SNATv6: snat6})
+	prog, err := xdp.Load(xdp.Config{Maps: a.maps, SNATv4: snat4, SNATv6: snat6, NewFlowSample: a.opts.newFlowSample})
 	if err != nil {
 		return err
 	}
@@ -213,6 +232,7 @@ func (a *agent) attachXDP(devices []string) error {
 	if err := prog.SetNodeAddrs(addrs); err != nil {
 		return err
 	}
+	a.neigh = newNeighbors(a.log, devices)
 	for _, d := range devices {
 		if err := prog.Attach(d, mode); err != nil {
 			a.status.setAttach("xdp/"+d, err)
@@ -256,6 +276,10 @@ func (a *agent) run(ctx context.Context) error {
 		// Run returns the first load's error: an agent must not start (and
 		// prune the maps) on a broken config.
 		go func() { errc <- src.Run(ctx) }()
+	} else if a.opts.kubeSource() {
+		if err := a.startKube(ctx, errc); err != nil {
+			return err
+		}
 	} else {
 		// A backend node with no service source: decap only. Services left
 		// from an earlier run stay as they are.
@@ -286,9 +310,11 @@ func (a *agent) run(ctx context.Context) error {
 
 // setDesired receives a new service set from the source.
 func (a *agent) setDesired(svcs []*lb.Service) {
+	a.status.metrics.changeQueued(time.Now())
 	a.mu.Lock()
 	a.desired = svcs
 	a.mu.Unlock()
+	a.sourceReady.Store(true)
 	if a.health != nil {
 		a.health.Set(svcs)
 	}
@@ -310,14 +336,31 @@ func (a *agent) reapply() {
 
 func (a *agent) sync() error {
 	start := time.Now()
+	// Healthy means the source's state is programmed, not merely that a
+	// sync ran before the source delivered anything.
+	ready := a.sourceReady.Load()
 	res, err := a.rec.Sync()
-	a.status.recordSync(time.Since(start), err)
-	if err != nil {
-		a.log.Error("sync failed; will retry", "err", err)
-		return err
+	// An invalid or conflicting service waits for its source to change:
+	// it is reported, but neither retried nor held against the node's
+	// health (one bad Service must not drain a node from load balancers).
+	retry := retryable(err)
+	a.status.recordSync(time.Since(start), retry, ready)
+	if err != nil && retry == nil {
+		a.log.Warn("services not applied; the others are programmed", "err", err)
 	}
+	if retry != nil {
+		a.log.Error("sync failed; will retry", "err", retry)
+		return retry
+	}
+	a.status.metrics.applied(start, time.Now(), len(res.Updated)+len(res.Deleted))
 	if res.Writes > 0 {
 		a.log.Info("synced", "updated", len(res.Updated), "deleted", len(res.Deleted), "writes", res.Writes, "took", time.Since(start))
+	}
+	// After a restart nothing may be written, but the next hops still
+	// need resolving once.
+	if a.neigh != nil && (res.Writes > 0 || !a.neighSynced) {
+		a.neigh.update(backendAddrs(a.rec.Services()))
+		a.neighSynced = true
 	}
 	return nil
 }
@@ -334,6 +377,27 @@ func (a *agent) close() {
 	}
 }
 
+// retryable keeps the errors of err that the reconciler will retry.
+func retryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	var joined interface{ Unwrap() []error }
+	errs := []error{err}
+	if errors.As(err, &joined) {
+		errs = joined.Unwrap()
+	}
+	var keep []error
+	for _, e := range errs {
+		var se *lb.ServiceError
+		if errors.As(e, &se) && !se.Retry {
+			continue
+		}
+		keep = append(keep, e)
+	}
+	return errors.Join(keep...)
+}
+
 // agentStatus is what /healthz and /readyz report.
 type agentStatus struct {
 	mu        sync.Mutex
@@ -343,6 +407,11 @@ type agentStatus struct {
 	hasSynced bool
 	configErr func() error
 	metrics   *syncMetrics
+	// linkCheck checks a hook attached earlier (attachState); nil trusts
+	// the attach results.
+	linkCheck func(hook string) error
+	// nodeEligible is the Kubernetes source's NodeEligible; nil without one.
+	nodeEligible func() bool
 }
 
 func newAgentStatus() *agentStatus {
@@ -366,7 +435,7 @@ func (s *agentStatus) synced() {
 	s.mu.Unlock()
 }
 
-func (s *agentStatus) recordSync(d time.Duration, err error) {
+func (s *agentStatus) recordSync(d time.Duration, err error, sourceReady bool) {
 	s.metrics.observe(d, err)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -376,15 +445,16 @@ func (s *agentStatus) recordSync(d time.Duration, err error) {
 		return
 	}
 	s.syncErr = ""
-	s.hasSynced = true
+	s.hasSynced = s.hasSynced || sourceReady
 }
 
 // problems lists what is wrong, empty when healthy.
 func (s *agentStatus) problems() []string {
+	attach := s.attachState()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var p []string
-	for hook, e := range s.attach {
+	for hook, e := range attach {
 		if e != "" {
 			p = append(p, fmt.Sprintf("%s not attached: %s", hook, e))
 		}

@@ -54,27 +54,23 @@ func (a *agent) startServers() ([]*http.Server, error) {
 	return servers, nil
 }
 
-// healthHandlers serves /healthz, /livez and /readyz: 200 when every hook
-// is attached and the last sync succeeded, 503 naming what is wrong.
+// healthHandlers serves /healthz, /livez and /readyz as kube-proxy does:
+// a JSON healthReport, 200 when healthy and 503 naming what is wrong (a
+// hook not attached, a failed or stale sync, a source not synced). Only
+// /healthz also fails on a node that Kubernetes is deleting or draining.
 func (a *agent) healthHandlers(mux *http.ServeMux) {
-	h := func(w http.ResponseWriter, _ *http.Request) {
-		problems := a.status.problems()
-		a.status.mu.Lock()
-		body := map[string]any{
-			"lastUpdated": a.status.lastSync.UTC().Format(time.RFC3339Nano),
-			"currentTime": time.Now().UTC().Format(time.RFC3339Nano),
-			"synced":      a.status.hasSynced,
-			"problems":    problems,
+	handler := func(withNodeEligible bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			r := a.status.report(time.Now(), a.staleAfter(), withNodeEligible)
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			if !r.Healthy {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+			_ = json.NewEncoder(w).Encode(r)
 		}
-		ok := a.status.hasSynced && len(problems) == 0
-		a.status.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_ = json.NewEncoder(w).Encode(body)
 	}
-	mux.HandleFunc("/healthz", h)
-	mux.HandleFunc("/livez", h)
-	mux.HandleFunc("/readyz", h)
+	mux.HandleFunc("/healthz", handler(true))
+	mux.HandleFunc("/livez", handler(false))
+	mux.HandleFunc("/readyz", handler(false))
 }

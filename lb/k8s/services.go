@@ -1,0 +1,54 @@
+package k8s
+
+import (
+	"cmp"
+	"reflect"
+	"slices"
+
+	"github.com/weir-lb/weir/lb"
+)
+
+// servicesEqual says whether delivering b after a would change anything.
+// Translation is deterministic (sorted lists, no nil-versus-empty
+// differences), so deep equality is exact.
+func servicesEqual(a, b *lb.Service) bool { return reflect.DeepEqual(a, b) }
+
+func cloneService(s *lb.Service) *lb.Service {
+	c := *s
+	c.Frontends = slices.Clone(s.Frontends)
+	c.Backends = slices.Clone(s.Backends)
+	c.SourceRanges = slices.Clone(s.SourceRanges)
+	if s.HealthCheck != nil {
+		hc := *s.HealthCheck
+		c.HealthCheck = &hc
+	}
+	return &c
+}
+
+func compareNames(a, b lb.ServiceName) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
+		cmp.Compare(a.Port, b.Port), boolCompare(a.IPv6, b.IPv6))
+}
+
+func boolCompare(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+func sortServices(ss []*lb.Service) {
+	slices.SortFunc(ss, func(a, b *lb.Service) int { return compareNames(a.Name, b.Name) })
+}
+
+func sortedNames(m map[lb.ServiceName]*lb.Service) []lb.ServiceName {
+	names := make([]lb.ServiceName, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, compareNames)
+	return names
+}
