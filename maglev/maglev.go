@@ -67,24 +67,24 @@ func BuildInto(dst []uint32, backends []Backend) error {
 	}
 	s := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(s)
-	maxW, err := s.load(backends, m)
+	maxRate, err := s.load(backends, m)
 	if err != nil {
 		return err
 	}
-	s.fill(dst, maxW)
+	s.fill(dst, maxRate)
 	return nil
 }
 
-// member is the fill state of one backend with a positive weight. Its
+// member is the fill state of one backend that gets slots. Its
 // permutation is permutation[j] = (offset + j*skip) mod M; only the next
 // candidate is kept, never the whole permutation.
 type member struct {
 	pos    uint32    // next candidate slot, permutation[next]
 	skip   [4]uint32 // 1, 2, 3 and 4 times the stride, mod M (see walk)
 	id     uint32
-	weight uint32
-	credit uint64 // turns earned but not yet taken, in units of 1/maxW
+	rate   uint32 // turns per maxRate rounds (see apportion)
 	inv    uint32 // inverse of the stride mod M, computed on first use (see pick)
+	credit uint64 // turns earned but not yet taken, in units of 1/maxRate
 }
 
 // scratch holds the per-call buffers, pooled so that steady-state rebuilds
@@ -116,10 +116,10 @@ func newSortKey(key string, i int) sortKey {
 }
 
 // load validates backends and fills s.members, in key order, with the
-// permutation state of every positive-weight backend for a table of m
-// slots. It returns the largest weight. Checks run in key order, so the
+// permutation and turn rate of every backend that gets slots in a table of
+// m slots. It returns the largest rate. Checks run in key order, so the
 // error reported for an invalid set does not depend on the input order.
-func (s *scratch) load(backends []Backend, m uint32) (maxW uint32, err error) {
+func (s *scratch) load(backends []Backend, m uint32) (maxRate uint32, err error) {
 	if len(backends) == 0 {
 		return 0, fmt.Errorf("maglev: no backends")
 	}
@@ -164,7 +164,6 @@ func (s *scratch) load(backends []Backend, m uint32) (maxW uint32, err error) {
 		if b.Weight == 0 {
 			continue
 		}
-		maxW = max(maxW, b.Weight)
 		hOffset, hSkip := hashKey(b.Key)
 		var skip [4]uint32
 		skip[0] = uint32(hSkip%uint64(m-1)) + 1
@@ -172,19 +171,19 @@ func (s *scratch) load(backends []Backend, m uint32) (maxW uint32, err error) {
 			skip[j] = next(skip[j-1], skip[0], m)
 		}
 		s.members = append(s.members, member{
-			pos:    uint32(hOffset % uint64(m)),
-			skip:   skip,
-			id:     b.ID,
-			weight: b.Weight,
+			pos:  uint32(hOffset % uint64(m)),
+			skip: skip,
+			id:   b.ID,
+			rate: b.Weight, // for now; see apportion
 		})
 	}
-	if maxW == 0 {
+	if len(s.members) == 0 {
 		return 0, fmt.Errorf("maglev: all %d backends have weight 0", len(backends))
 	}
 	return s.apportion(m), nil
 }
 
-// apportion turns the weights of s.members into turn counts for fill and
+// apportion turns the weights of s.members into the turn rates of fill and
 // returns the largest. With equal weights every backend takes one turn per
 // round, as in the paper, and the last round is cut short when the table
 // is full: the first M mod N backends in key order get one slot more.
@@ -199,34 +198,39 @@ func (s *scratch) apportion(m uint32) uint32 {
 	equal := true
 	var sumW uint64
 	for i := range ms {
-		equal = equal && ms[i].weight == ms[0].weight
-		sumW += uint64(ms[i].weight)
+		equal = equal && ms[i].rate == ms[0].rate
+		sumW += uint64(ms[i].rate)
 	}
 	if equal {
 		for i := range ms {
-			ms[i].weight = 1
+			ms[i].rate = 1
 		}
 		return 1
 	}
 	s.rank = s.rank[:0]
 	left := uint64(m)
 	for i := range ms {
-		share := uint64(m) * uint64(ms[i].weight) // < 2^49
-		ms[i].weight = uint32(share / sumW)
+		share := uint64(m) * uint64(ms[i].rate) // < 2^49
+		ms[i].rate = uint32(share / sumW)
 		ms[i].credit = share % sumW // the remainder, for ranking only
-		left -= uint64(ms[i].weight)
+		left -= uint64(ms[i].rate)
 		s.rank = append(s.rank, int32(i))
 	}
 	// left < len(ms) slots remain; they go to the largest remainders.
-	slices.SortStableFunc(s.rank, func(a, b int32) int { return cmp.Compare(ms[b].credit, ms[a].credit) })
+	slices.SortFunc(s.rank, func(a, b int32) int {
+		if c := cmp.Compare(ms[b].credit, ms[a].credit); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
 	for _, i := range s.rank[:left] {
-		ms[i].weight++
+		ms[i].rate++
 	}
 	var maxQ uint32
 	kept := ms[:0]
 	for _, b := range ms {
-		if b.weight > 0 {
-			maxQ = max(maxQ, b.weight)
+		if b.rate > 0 {
+			maxQ = max(maxQ, b.rate)
 			kept = append(kept, b)
 		}
 	}
@@ -252,12 +256,10 @@ func duplicateIDError(backends []Backend, id uint32) error {
 // fill is the population loop of the Maglev paper (section 3.4) with
 // weighted turns: backends take turns in key order, and each turn claims
 // the backend's next empty slot in its permutation, until the table is
-// full. To weight the turns, in every round each backend earns credit equal
-// to its weight and takes a turn when its credit reaches the largest
-// weight. After r complete rounds a backend of weight w therefore holds
-// exactly floor(r*w/maxW) slots, which keeps every backend within a couple
-// of slots of its ideal share M*w/sum(w). With equal weights every backend
-// takes a turn every round, which is exactly the paper's algorithm.
+// full. In every round each backend earns credit equal to its rate and
+// takes a turn whenever its credit reaches maxRate, so its turns are spread
+// evenly over the rounds (see apportion for the rates). With equal weights
+// every backend takes a turn every round: exactly the paper's algorithm.
 //
 // Finding the next empty slot by walking the permutation costs about
 // M/(empty slots) probes, so the last few slots would dominate the build
@@ -265,9 +267,9 @@ func duplicateIDError(backends []Backend, id uint32) error {
 // sqrt(M) slots). Once only endgame(M) slots are left, fill switches to
 // pick, which finds the same slot by computing each empty slot's position
 // in the permutation directly.
-func (s *scratch) fill(dst []uint32, maxW uint32) {
+func (s *scratch) fill(dst []uint32, maxRate uint32) {
 	m := uint32(len(dst))
-	used, ms, mw := &s.used, s.members, uint64(maxW)
+	used, ms, full := &s.used, s.members, uint64(maxRate)
 	clear(used[:(m+63)/64])
 	left, last := m, endgame(m)
 	i := 0 // the member whose turn is next
@@ -276,10 +278,10 @@ func (s *scratch) fill(dst []uint32, maxW uint32) {
 			i = 0
 		}
 		b := &ms[i]
-		if b.credit += uint64(b.weight); b.credit < mw {
+		if b.credit += uint64(b.rate); b.credit < full {
 			continue
 		}
-		b.credit -= mw
+		b.credit -= full
 		slot := b.pos
 		if isSet(used, slot) != 0 {
 			slot = b.walk(used, m)
@@ -296,10 +298,10 @@ func (s *scratch) fill(dst []uint32, maxW uint32) {
 			i = 0
 		}
 		b := &ms[i]
-		if b.credit += uint64(b.weight); b.credit < mw {
+		if b.credit += uint64(b.rate); b.credit < full {
 			continue
 		}
-		b.credit -= mw
+		b.credit -= full
 		dst[b.pick(&s.free, m, fm)] = b.id
 		left--
 	}

@@ -38,7 +38,8 @@ func countSlots(table []uint32) map[uint32]int {
 }
 
 // checkShares asserts that every backend's slot count is within tol (a
-// fraction of its ideal count M*w/sum(w)) of that ideal.
+// fraction of its ideal count M*w/sum(w)) of that ideal, and less than one
+// slot away from it.
 func checkShares(t *testing.T, bs []Backend, table []uint32, tol float64) {
 	t.Helper()
 	var sum float64
@@ -54,6 +55,9 @@ func checkShares(t *testing.T, bs []Backend, table []uint32, tol float64) {
 			dev = -dev
 		}
 		worst = max(worst, dev)
+		if d := float64(counts[b.ID]) - ideal; d <= -1 || d >= 1 {
+			t.Errorf("backend %q (weight %d): %d slots, ideal %.2f: not within one slot", b.Key, b.Weight, counts[b.ID], ideal)
+		}
 		if dev > tol {
 			t.Errorf("backend %q (weight %d): %d slots, ideal %.1f (deviation %.3f%% > %.3f%%)",
 				b.Key, b.Weight, counts[b.ID], ideal, 100*dev, 100*tol)
@@ -269,20 +273,27 @@ func TestGolden(t *testing.T) {
 		{ID: 2, Key: "10.0.0.2:80", Weight: 1},
 		{ID: 3, Key: "10.0.0.3:80", Weight: 2},
 	}
-	if got, want := fmt.Sprint(mustBuild(t, small, 251)[:16]), "[1 1 3 3 2 1 1 3 3 1 1 3 1 3 2 2]"; got != want {
+	if got, want := fmt.Sprint(mustBuild(t, small, 251)[:16]), "[1 2 3 3 2 1 3 3 3 1 2 3 1 3 2 2]"; got != want {
 		t.Errorf("first 16 slots = %s, want %s", got, want)
 	}
 
-	big := makeBackends(100)
-	for i := range big {
-		big[i].Weight = uint32(1 + i%3)
+	digest := func(table []uint32) uint64 {
+		h := fnv.New64a()
+		for _, id := range table {
+			h.Write(binary.LittleEndian.AppendUint32(nil, id))
+		}
+		return h.Sum64()
 	}
-	h := fnv.New64a()
-	for _, id := range mustBuild(t, big, 65537) {
-		h.Write(binary.LittleEndian.AppendUint32(nil, id))
+	equal := makeBackends(100)
+	if got, want := digest(mustBuild(t, equal, 65537)), uint64(0xe1137cb16fa4abcf); got != want {
+		t.Errorf("equal weights: table digest = %#x, want %#x", got, want)
 	}
-	if got, want := h.Sum64(), uint64(0xd2654dc50523ad08); got != want {
-		t.Errorf("table digest = %#x, want %#x", got, want)
+	weighted := makeBackends(100)
+	for i := range weighted {
+		weighted[i].Weight = uint32(1 + i%3)
+	}
+	if got, want := digest(mustBuild(t, weighted, 65537)), uint64(0x8da54ac34cc68992); got != want {
+		t.Errorf("weighted: table digest = %#x, want %#x", got, want)
 	}
 }
 
@@ -359,8 +370,8 @@ func TestErrors(t *testing.T) {
 
 // FuzzBuild checks invariants that must hold for every input: every slot is
 // filled with the ID of a positive-weight backend, reversing the input does
-// not change the table, and each backend's count is within the exact bounds
-// of the weighted round-robin fill (see fill).
+// not change the table, and each backend's slot count is less than one slot
+// away from its exact share M*w/sum(w) (see apportion).
 func FuzzBuild(f *testing.F) {
 	f.Add("10.0.0.", []byte{1, 1, 1}, false)
 	f.Add("svc-", []byte{1, 2, 3, 4}, true)
@@ -409,9 +420,9 @@ func FuzzBuild(f *testing.F) {
 				}
 				continue
 			}
-			// ideal = m*w/sumW; guaranteed: ideal-2 < c < ideal + n*w/sumW + 1.
-			w, n := uint64(b.Weight), uint64(len(bs))
-			if (c+2)*sumW <= uint64(m)*w || c*sumW >= (uint64(m)+n)*w+sumW {
+			// Largest-remainder apportionment: |c - m*w/sumW| < 1.
+			w := uint64(b.Weight)
+			if (c+1)*sumW <= uint64(m)*w || c*sumW >= uint64(m)*w+sumW {
 				t.Fatalf("%q weight %d: %d slots, ideal %.2f (sum %d, M %d)", b.Key, w, c, float64(m)*float64(w)/float64(sumW), sumW, m)
 			}
 		}

@@ -2,21 +2,56 @@ package maglev
 
 import (
 	"fmt"
+	"math/big"
 	"slices"
-	"strings"
+	"sort"
 	"testing"
 )
 
 // referenceBuild is a direct, unoptimized transcription of the algorithm
-// (explicit permutation arrays, multiplication and modulo per entry), used
-// to check that the optimized fill picks exactly the same slots.
+// (explicit permutation arrays with a multiplication and modulo per entry,
+// exact rational shares, turn credits checked one backend at a time), used
+// to check that the optimized build picks exactly the same slots.
 func referenceBuild(backends []Backend, m uint32) []uint32 {
-	bs := slices.Clone(backends)
-	slices.SortFunc(bs, func(a, b Backend) int { return strings.Compare(a.Key, b.Key) })
-	var maxW uint64
-	for _, b := range bs {
-		maxW = max(maxW, uint64(b.Weight))
+	var bs []Backend
+	for _, b := range backends {
+		if b.Weight > 0 {
+			bs = append(bs, b)
+		}
 	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].Key < bs[j].Key })
+
+	// Turn rates: 1 each for equal weights, else the largest-remainder
+	// apportionment of the m slots.
+	rates := make([]uint64, len(bs))
+	equal := true
+	sum := new(big.Int)
+	for i, b := range bs {
+		rates[i] = 1
+		equal = equal && b.Weight == bs[0].Weight
+		sum.Add(sum, big.NewInt(int64(b.Weight)))
+	}
+	if !equal {
+		type share struct {
+			i   int
+			rem *big.Rat
+		}
+		var shares []share
+		left := int64(m)
+		for i, b := range bs {
+			exact := new(big.Rat).SetFrac(big.NewInt(int64(m)*int64(b.Weight)), sum)
+			floor := new(big.Int).Quo(exact.Num(), exact.Denom())
+			rates[i] = floor.Uint64()
+			left -= floor.Int64()
+			shares = append(shares, share{i, new(big.Rat).Sub(exact, new(big.Rat).SetInt(floor))})
+		}
+		sort.SliceStable(shares, func(a, b int) bool { return shares[a].rem.Cmp(shares[b].rem) > 0 })
+		for _, sh := range shares[:left] {
+			rates[sh.i]++
+		}
+	}
+	maxRate := slices.Max(rates)
+
 	perm := make([][]uint32, len(bs))
 	for i, b := range bs {
 		hOffset, hSkip := hashKey(b.Key)
@@ -29,15 +64,20 @@ func referenceBuild(backends []Backend, m uint32) []uint32 {
 	}
 	nextIdx := make([]int, len(bs))
 	credit := make([]uint64, len(bs))
+	for i := range credit {
+		if !equal {
+			credit[i] = maxRate / 2
+		}
+	}
 	table := make([]uint32, m)
 	filled := uint32(0)
 	for {
 		for i, b := range bs {
-			credit[i] += uint64(b.Weight)
-			if b.Weight == 0 || credit[i] < maxW {
+			credit[i] += rates[i]
+			if credit[i] < maxRate {
 				continue
 			}
-			credit[i] -= maxW
+			credit[i] -= maxRate
 			c := perm[i][nextIdx[i]]
 			for table[c] != 0 {
 				nextIdx[i]++
