@@ -152,6 +152,8 @@ type process struct {
 
 func (l *lab) start(name string, h *topo.Host, args ...string) *process {
 	l.t.Helper()
+	// A restarted process replaces the old one, which must not linger.
+	l.stop(name, syscall.SIGTERM)
 	logf, err := os.Create(filepath.Join(l.dir, name+".log"))
 	must(l.t, err)
 	cmd := h.Command(l.bin, args...)

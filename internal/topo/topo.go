@@ -35,26 +35,23 @@ type Host struct {
 }
 
 // Host creates a named namespace (visible to `ip netns`) with lo up.
+// iproute2 creates it: it first makes /run/netns a shared mount point of
+// its own, and a namespace bound there before that happens (as
+// netns.NewNamed would) ends up hidden under it and can't be deleted.
 func (t *Topology) Host(name string) (*Host, error) {
 	full := t.prefix + name
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
+	if out, err := exec.Command("ip", "netns", "add", full).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("create netns %s: %v: %s", full, err, out)
 	}
-	defer orig.Close()
-	h, err := netns.NewNamed(full)
-	if serr := netns.Set(orig); serr != nil {
-		panic(fmt.Sprintf("cannot return to the original netns: %v", serr))
-	}
+	h, err := netns.GetFromName(full)
 	if err != nil {
-		return nil, fmt.Errorf("create netns %s: %w", full, err)
+		_ = exec.Command("ip", "netns", "del", full).Run()
+		return nil, fmt.Errorf("open netns %s: %w", full, err)
 	}
 	nl, err := netlink.NewHandleAt(h)
 	if err != nil {
 		h.Close()
-		_ = netns.DeleteNamed(full)
+		_ = exec.Command("ip", "netns", "del", full).Run()
 		return nil, err
 	}
 	host := &Host{Name: full, Handle: h, Link: nl}
@@ -73,8 +70,10 @@ func (t *Topology) Close() error {
 		h := t.hosts[i]
 		h.Link.Close()
 		h.Handle.Close()
-		if err := netns.DeleteNamed(h.Name); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("delete netns %s: %w", h.Name, err))
+		if out, err := exec.Command("ip", "netns", "del", h.Name).CombinedOutput(); err != nil {
+			if _, serr := os.Stat(filepath.Join("/run/netns", h.Name)); !errors.Is(serr, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("delete netns %s: %v: %s", h.Name, err, out))
+			}
 		}
 	}
 	t.hosts = nil
