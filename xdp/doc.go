@@ -42,10 +42,12 @@
 // without reloading anything (SetStage): a pre-LB policy stage and a
 // post-LB overlay stage reached by tail calls when their programs are
 // installed (SetStageProgram), and the source-range check, on by default.
-// A stage that is off costs a load and a branch. The stage slots live in
-// a program array owned by the Program: the kernel empties it when the
-// last Program holding it closes, so stage programs must be installed
-// again by the next agent (the load balancer itself keeps running).
+// A stage that is off costs a load and a branch; ReadStages reads the
+// switches through a pinned link, without a Program (for inspection).
+// The stage slots live in a program array owned by the Program: the
+// kernel empties it when the last Program holding it closes, so stage
+// programs must be installed again by the next agent (the load balancer
+// itself keeps running).
 //
 // Lifecycle: Load creates the program against the shared maps (bpf.Maps);
 // Attach links it to a device with a bpf_link pinned under

@@ -99,9 +99,5 @@ func (p *Program) Stages() map[Stage]bool {
 	defer p.mu.Unlock()
 	var mask uint32
 	_ = p.objs.StagesEnabled.Get(&mask)
-	out := make(map[Stage]bool, len(stageNames))
-	for s := range stageNames {
-		out[s] = mask&(1<<s) != 0
-	}
-	return out
+	return stagesFromMask(mask)
 }

@@ -74,7 +74,7 @@ func agentFlags(o *agentOptions) *pflag.FlagSet {
 	fs.Uint32Var(&o.mapSizes.SNAT, "bpf-map-snat", 0, "capacity of the SNAT map (0: default 262144)")
 	fs.Uint32Var(&o.mapSizes.SockRevNat, "bpf-map-sock-revnat", 0, "capacity of the socket reverse-NAT map (0: default 262144)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.Uint32Var(&o.newFlowSample, "new-flow-sample", 0, "emit a new-flow event (see `weir observe`) for one new XDP flow in N; 0 emits none")
+	fs.Uint32Var(&o.newFlowSample, "new-flow-sample", 0, "emit a new-flow event (for weir observe) for one new XDP flow in N; 0 emits none")
 	kubeFlags(fs, o)
 	return fs
 }

@@ -2,7 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"reflect"
+	"sort"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,14 +16,15 @@ import (
 
 // mapCollector reads the per-CPU counters and map occupancy at scrape
 // time, so the datapath does no per-packet work for metrics beyond its
-// per-CPU increments.
+// per-CPU increments, and the agent none at all between scrapes.
 type mapCollector struct {
 	maps *bpf.Maps
 
 	svcPackets, svcBytes, bePackets, beBytes *prometheus.Desc
-	drops, dropBytes                         *prometheus.Desc
+	drops, dropBytes, eventsLost             *prometheus.Desc
+	ctEntries, ctCapacity, ctServiceEntries  *prometheus.Desc
 	entries, capacity                        *prometheus.Desc
-	scrapeErrors                             *prometheus.Desc
+	readErrors, scrapeDuration               *prometheus.Desc
 }
 
 func newMapCollector(m *bpf.Maps) *mapCollector {
@@ -27,71 +32,69 @@ func newMapCollector(m *bpf.Maps) *mapCollector {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &mapCollector{
-		maps:         m,
-		svcPackets:   d("weir_service_packets_total", "Packets load-balanced per service view.", "service", "scope"),
-		svcBytes:     d("weir_service_bytes_total", "Bytes load-balanced per service view.", "service", "scope"),
-		bePackets:    d("weir_backend_packets_total", "Packets sent to each backend.", "service", "backend"),
-		beBytes:      d("weir_backend_bytes_total", "Bytes sent to each backend.", "service", "backend"),
-		drops:        d("weir_drops_total", "Packets dropped or rejected by the datapath, by reason.", "reason"),
-		dropBytes:    d("weir_drop_bytes_total", "Bytes dropped or rejected by the datapath, by reason.", "reason"),
-		entries:      d("weir_map_entries", "Entries in each BPF map.", "map"),
-		capacity:     d("weir_map_capacity", "Capacity (max entries) of each BPF map.", "map"),
-		scrapeErrors: d("weir_map_read_errors", "Maps that could not be read during this scrape.", "map"),
+		maps:             m,
+		svcPackets:       d("weir_service_packets_total", "Packets (XDP) and translated connections or datagrams (socket hooks) load-balanced per service view.", "service", "scope"),
+		svcBytes:         d("weir_service_bytes_total", "Bytes load-balanced per service view (XDP only: the socket hooks see no bytes).", "service", "scope"),
+		bePackets:        d("weir_backend_packets_total", "Packets (XDP) and translated connections or datagrams (socket hooks) sent to each backend.", "service", "scope", "backend"),
+		beBytes:          d("weir_backend_bytes_total", "Bytes sent to each backend (XDP only).", "service", "scope", "backend"),
+		drops:            d("weir_drops_total", "Packets dropped or rejected by the datapath (and refused socket connects or sends), by reason.", "reason"),
+		dropBytes:        d("weir_drop_bytes_total", "Bytes dropped or rejected by the datapath, by reason.", "reason"),
+		eventsLost:       d("weir_events_lost_total", "Drop and flow events not written to the events ring buffer: over the rate bound, or the buffer was full (nobody runs `weir observe`)."),
+		ctEntries:        d("weir_conntrack_entries", "Entries in the connection-tracking map (idle ones included until the LRU evicts them)."),
+		ctCapacity:       d("weir_conntrack_capacity", "Capacity of the connection-tracking map (--bpf-map-ct)."),
+		ctServiceEntries: d("weir_conntrack_service_entries", "Connection-tracking entries per service.", "service"),
+		entries:          d("weir_map_entries", "Entries in each BPF hash, LRU, trie and map-of-maps (arrays are always full: see weir_map_capacity).", "map"),
+		capacity:         d("weir_map_capacity", "Capacity (max entries) of each BPF map.", "map"),
+		readErrors:       d("weir_map_read_errors", "1 for each map that could not be read during this scrape.", "map"),
+		scrapeDuration:   d("weir_map_scrape_duration_seconds", "Time this scrape spent reading the BPF maps."),
 	}
 }
 
 func (c *mapCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.svcPackets, c.svcBytes, c.bePackets, c.beBytes, c.drops, c.dropBytes, c.entries, c.capacity, c.scrapeErrors} {
+	for _, d := range []*prometheus.Desc{c.svcPackets, c.svcBytes, c.bePackets, c.beBytes, c.drops, c.dropBytes, c.eventsLost,
+		c.ctEntries, c.ctCapacity, c.ctServiceEntries, c.entries, c.capacity, c.readErrors, c.scrapeDuration} {
 		ch <- d
 	}
 }
 
 func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
-	fail := func(m string) { ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.GaugeValue, 1, m) }
-	names, scopes, err := c.serviceNames()
-	if err != nil {
-		fail("weir_frontends")
+	start := time.Now()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	for id, name := range names {
-		st, err := sumStats(c.maps.ServiceStats, uint32(id))
-		if err != nil {
-			fail("weir_service_stats")
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(c.svcPackets, prometheus.CounterValue, float64(st.Packets), name, scopes[id])
-		ch <- prometheus.MustNewConstMetric(c.svcBytes, prometheus.CounterValue, float64(st.Bytes), name, scopes[id])
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	var (
-		bid uint32
-		bv  bpf.BackendValue
-	)
-	it := c.maps.Backends.Iterate()
-	for it.Next(&bid, &bv) {
-		st, err := sumStats(c.maps.BackendStats, bid)
-		if err != nil {
-			fail("weir_backend_stats")
-			continue
-		}
-		be := netip.AddrPortFrom(bv.Addr.IP(), bv.Port.Host()).String()
-		svc := names[bv.ServiceID]
-		ch <- prometheus.MustNewConstMetric(c.bePackets, prometheus.CounterValue, float64(st.Packets), svc, be)
-		ch <- prometheus.MustNewConstMetric(c.beBytes, prometheus.CounterValue, float64(st.Bytes), svc, be)
+	failed := map[string]bool{}
+	snap, errs := readStats(c.maps)
+	for name := range errs {
+		failed[name] = true
 	}
-	if it.Err() != nil {
-		fail("weir_backends")
+	for _, s := range snap.Services {
+		counter(c.svcPackets, s.Packets, s.Service, s.Scope)
+		counter(c.svcBytes, s.Bytes, s.Service, s.Scope)
 	}
-	for _, r := range bpf.Reasons() {
-		if r == 0 {
-			continue
+	for _, b := range snap.Backends {
+		counter(c.bePackets, b.Packets, b.Service, b.Scope, b.Backend)
+		counter(c.beBytes, b.Bytes, b.Service, b.Scope, b.Backend)
+	}
+	for _, d := range snap.Drops {
+		counter(c.drops, d.Packets, d.Reason)
+		counter(c.dropBytes, d.Bytes, d.Reason)
+	}
+	if _, bad := errs["weir_events_lost"]; !bad && c.maps.EventsLost != nil {
+		counter(c.eventsLost, snap.EventsLost)
+	}
+
+	names, _ := readServiceNames(c.maps) // a failure is already in errs
+	ct, ctErr := conntrackSummary(c.maps.CT, names)
+	if ctErr != nil {
+		failed["weir_ct"] = true
+	} else {
+		gauge(c.ctEntries, float64(ct.total))
+		for svc, n := range ct.perService {
+			gauge(c.ctServiceEntries, float64(n), svc)
 		}
-		st, err := sumStats(c.maps.Drops, uint32(r))
-		if err != nil {
-			fail("weir_drops")
-			continue
-		}
-		name := bpf.ReasonName(uint8(r))
-		ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(st.Packets), name)
-		ch <- prometheus.MustNewConstMetric(c.dropBytes, prometheus.CounterValue, float64(st.Bytes), name)
 	}
 	for name, m := range c.maps.All() {
 		if m == nil {
@@ -99,46 +102,209 @@ func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		info, err := m.Info()
 		if err != nil {
-			fail(name)
+			failed[name] = true
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(info.MaxEntries), name)
-		switch m.Type() {
-		case ebpf.Hash, ebpf.LRUHash, ebpf.HashOfMaps, ebpf.LPMTrie:
-			n, err := countEntries(m)
-			if err != nil {
-				fail(name)
-				continue
-			}
-			ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(n), name)
+		if name == "weir_ct" {
+			gauge(c.ctCapacity, float64(info.MaxEntries))
 		}
+		if info.MaxEntries > 0 && m.Type() != ebpf.RingBuf {
+			gauge(c.capacity, float64(info.MaxEntries), name)
+		}
+		if !countable(m.Type()) {
+			continue
+		}
+		if name == "weir_ct" {
+			if ctErr == nil {
+				gauge(c.entries, float64(ct.total), name)
+			}
+			continue
+		}
+		n, err := countEntries(m)
+		if err != nil {
+			failed[name] = true
+			continue
+		}
+		gauge(c.entries, float64(n), name)
 	}
+	for name := range failed {
+		gauge(c.readErrors, 1, name)
+	}
+	gauge(c.scrapeDuration, time.Since(start).Seconds())
 }
 
-// serviceNames maps service IDs to "service[:port]" and their scope, from
-// the frontend map.
-func (c *mapCollector) serviceNames() (map[uint32]string, map[uint32]string, error) {
-	names, scopes := map[uint32]string{}, map[uint32]string{}
+// countable reports whether a map's entries can be counted: hashes and
+// tries. Arrays are always full, a ring buffer holds bytes, socket
+// storage can't be listed.
+func countable(t ebpf.MapType) bool {
+	switch t {
+	case ebpf.Hash, ebpf.LRUHash, ebpf.HashOfMaps, ebpf.LPMTrie:
+		return true
+	}
+	return false
+}
+
+// serviceName is how a service ID is labelled: the frontend's service
+// name ("namespace/name" or the edge name, with ":port" for a named
+// port) and the view's scope.
+type serviceName struct {
+	Name  string
+	Scope string
+}
+
+// readServiceNames maps service IDs to their names, from the frontend
+// map: the one place the datapath keeps names.
+func readServiceNames(m *bpf.Maps) (map[uint32]serviceName, error) {
+	names := map[uint32]serviceName{}
 	var (
 		id uint32
 		fv bpf.FrontendValue
 	)
-	it := c.maps.Frontends.Iterate()
+	it := m.Frontends.Iterate()
 	for it.Next(&id, &fv) {
 		n := fv.ServiceName()
 		if p := fv.PortNameString(); p != "" {
 			n += ":" + p
 		}
-		names[fv.ServiceID] = n
 		scope := "external"
-		if fv.Scope == 1 {
+		if fv.Scope == bpf.ScopeInternal {
 			scope = "internal"
 		}
-		scopes[fv.ServiceID] = scope
+		names[fv.ServiceID] = serviceName{Name: n, Scope: scope}
 	}
-	return names, scopes, it.Err()
+	if err := it.Err(); err != nil {
+		return names, fmt.Errorf("read map weir_frontends: %w", err)
+	}
+	return names, nil
 }
 
+// statsSnapshot is the datapath's counters summed over CPUs, labelled
+// by name. Service IDs sharing a name and scope (the two halves of a
+// dual-stack service) are summed.
+type statsSnapshot struct {
+	Services   []serviceStats `json:"services"`
+	Backends   []backendStats `json:"backends"`
+	Drops      []dropStats    `json:"drops"`
+	EventsLost uint64         `json:"events_lost"`
+}
+
+type serviceStats struct {
+	Service string `json:"service"`
+	Scope   string `json:"scope"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+type backendStats struct {
+	Service string `json:"service"`
+	Scope   string `json:"scope"`
+	Backend string `json:"backend"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+type dropStats struct {
+	Reason  string `json:"reason"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// readStats reads every counter. A map that can't be read is reported in
+// the error map (by map name) and left out; the rest is still returned.
+func readStats(m *bpf.Maps) (*statsSnapshot, map[string]error) {
+	errs := map[string]error{}
+	snap := &statsSnapshot{Services: []serviceStats{}, Backends: []backendStats{}, Drops: []dropStats{}}
+	names, err := readServiceNames(m)
+	if err != nil {
+		errs["weir_frontends"] = err
+	}
+
+	svcs := map[serviceName]*serviceStats{}
+	for id, n := range names {
+		st, err := sumStats(m.ServiceStats, id)
+		if err != nil {
+			errs["weir_service_stats"] = err
+			break
+		}
+		s := svcs[n]
+		if s == nil {
+			s = &serviceStats{Service: n.Name, Scope: n.Scope}
+			svcs[n] = s
+		}
+		s.Packets += st.Packets
+		s.Bytes += st.Bytes
+	}
+	for _, s := range svcs {
+		snap.Services = append(snap.Services, *s)
+	}
+	sort.Slice(snap.Services, func(i, j int) bool {
+		a, b := snap.Services[i], snap.Services[j]
+		return a.Service < b.Service || a.Service == b.Service && a.Scope < b.Scope
+	})
+
+	type beKey struct{ service, scope, backend string }
+	bes := map[beKey]*backendStats{}
+	var (
+		bid uint32
+		bv  bpf.BackendValue
+	)
+	it := m.Backends.Iterate()
+	for it.Next(&bid, &bv) {
+		st, err := sumStats(m.BackendStats, bid)
+		if err != nil {
+			errs["weir_backend_stats"] = err
+			break
+		}
+		n := names[bv.ServiceID]
+		k := beKey{n.Name, n.Scope, netip.AddrPortFrom(bv.Addr.IP(), bv.Port.Host()).String()}
+		b := bes[k]
+		if b == nil {
+			b = &backendStats{Service: k.service, Scope: k.scope, Backend: k.backend}
+			bes[k] = b
+		}
+		b.Packets += st.Packets
+		b.Bytes += st.Bytes
+	}
+	if err := it.Err(); err != nil {
+		errs["weir_backends"] = err
+	}
+	for _, b := range bes {
+		snap.Backends = append(snap.Backends, *b)
+	}
+	sort.Slice(snap.Backends, func(i, j int) bool {
+		a, b := snap.Backends[i], snap.Backends[j]
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		if a.Scope != b.Scope {
+			return a.Scope < b.Scope
+		}
+		return a.Backend < b.Backend
+	})
+
+	for _, r := range bpf.Reasons() {
+		if r == bpf.ReasonNone {
+			continue
+		}
+		st, err := sumStats(m.Drops, uint32(r))
+		if err != nil {
+			errs["weir_drops"] = err
+			break
+		}
+		snap.Drops = append(snap.Drops, dropStats{Reason: r.String(), Packets: st.Packets, Bytes: st.Bytes})
+	}
+
+	if m.EventsLost != nil {
+		n, err := sumEventsLost(m.EventsLost)
+		if err != nil {
+			errs["weir_events_lost"] = err
+		}
+		snap.EventsLost = n
+	}
+	return snap, errs
+}
+
+// sumStats sums one per-CPU counter over the CPUs.
 func sumStats(m *ebpf.Map, key uint32) (bpf.TrafficStats, error) {
 	var per []bpf.TrafficStats
 	var sum bpf.TrafficStats
@@ -155,7 +321,51 @@ func sumStats(m *ebpf.Map, key uint32) (bpf.TrafficStats, error) {
 	return sum, nil
 }
 
+// sumEventsLost sums weir_events_lost over the CPUs.
+func sumEventsLost(m *ebpf.Map) (uint64, error) {
+	var per []uint64
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("read map weir_events_lost: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+// batchSize is how many entries one batch syscall reads. Hash maps fail
+// a batch smaller than their fullest bucket; 4096 is far above that.
+const batchSize = 4096
+
+// countEntries counts a hash-like map's entries in batches (about 130
+// syscalls for 512k entries rather than 512k), or key by key where the
+// map type has no batch operations (LPM tries).
 func countEntries(m *ebpf.Map) (int, error) {
+	byteArrays := func(size uint32) any {
+		t := reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]()))
+		return reflect.MakeSlice(t, batchSize, batchSize).Interface()
+	}
+	keys, vals := byteArrays(m.KeySize()), byteArrays(m.ValueSize())
+	var cursor ebpf.MapBatchCursor
+	n := 0
+	for {
+		got, err := m.BatchLookup(&cursor, keys, vals, nil)
+		n += got
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		}
+		if err != nil {
+			if n == 0 {
+				return countByKeys(m)
+			}
+			return n, err
+		}
+	}
+}
+
+// countByKeys counts entries one key at a time.
+func countByKeys(m *ebpf.Map) (int, error) {
 	n := 0
 	key := make([]byte, m.KeySize())
 	next := make([]byte, m.KeySize())
@@ -171,4 +381,66 @@ func countEntries(m *ebpf.Map) (int, error) {
 		copy(key, next)
 		cur = key
 	}
+}
+
+// walkCT calls visit for every conntrack entry, read in batches (with a
+// fallback to key-by-key iteration where batches are not supported).
+// The map changes while it is read: an entry may be missed or seen twice,
+// each entry is whole. visit must not keep its pointers.
+func walkCT(m *ebpf.Map, visit func(*bpf.CTKey, *bpf.CTValue)) error {
+	keys := make([]bpf.CTKey, batchSize)
+	vals := make([]bpf.CTValue, batchSize)
+	var cursor ebpf.MapBatchCursor
+	seen := false
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			visit(&keys[i], &vals[i])
+		}
+		seen = seen || n > 0
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			if !seen {
+				return walkCTByKeys(m, visit)
+			}
+			return fmt.Errorf("read map weir_ct: %w", err)
+		}
+	}
+}
+
+func walkCTByKeys(m *ebpf.Map, visit func(*bpf.CTKey, *bpf.CTValue)) error {
+	var (
+		k bpf.CTKey
+		v bpf.CTValue
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		visit(&k, &v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read map weir_ct: %w", err)
+	}
+	return nil
+}
+
+// ctSummary counts conntrack entries, in all and per service name.
+type ctSummary struct {
+	total      int
+	perService map[string]int
+}
+
+func conntrackSummary(m *ebpf.Map, names map[uint32]serviceName) (ctSummary, error) {
+	s := ctSummary{perService: map[string]int{}}
+	if m == nil {
+		return s, errors.New("map weir_ct is not pinned")
+	}
+	err := walkCT(m, func(_ *bpf.CTKey, v *bpf.CTValue) {
+		s.total++
+		if n, ok := names[v.ServiceID]; ok {
+			s.perService[n.Name]++
+		}
+	})
+	return s, err
 }

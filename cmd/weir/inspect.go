@@ -41,8 +41,11 @@ func runInspect(_ context.Context, args []string) error {
 	fs := pflag.NewFlagSet("inspect", pflag.ContinueOnError)
 	root := fs.String("bpf-root", "/sys/fs/bpf/weir", "the agent's --bpf-root")
 	output := fs.StringP("output", "o", "table", "output format: table or json")
+	var ct conntrackOptions
+	conntrackFlags(fs, &ct)
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: weir inspect services|backends|maglev SERVICE [-o json] [--bpf-root DIR]")
+		fmt.Fprintln(os.Stderr, "usage: weir inspect services|backends|maglev SERVICE|conntrack|stats|stages [-o json] [--bpf-root DIR]\n"+
+			"       weir inspect conntrack [--service S] [--backend B] [--address A] [--count | --flush]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -55,17 +58,37 @@ func runInspect(_ context.Context, args []string) error {
 		fs.Usage()
 		return fmt.Errorf("name what to inspect")
 	}
+	what := fs.Arg(0)
+	if what != "maglev" && fs.NArg() > 1 {
+		hint := ""
+		if what == "conntrack" {
+			hint = ": conntrack filters are flags (--service, --backend, --address)"
+		}
+		return fmt.Errorf("unexpected arguments %v%s", fs.Args()[1:], hint)
+	}
+	if what != "conntrack" {
+		if f := ct.changed(fs); f != "" {
+			return fmt.Errorf("--%s is a flag of `weir inspect conntrack`, not of %s", f, what)
+		}
+	}
+	out := os.Stdout
+	if what == "stages" {
+		// From the pinned links alone: no maps needed.
+		return inspectStages(out, *root, *output == "json")
+	}
 	maps, err := bpf.LoadPinnedMaps(*root)
 	if err != nil {
 		return err
 	}
 	defer maps.Close()
+	if what == "stats" {
+		return inspectStats(out, maps, *output == "json")
+	}
 	state, err := bpf.NewDatapath(maps).Dump()
 	if err != nil {
 		return err
 	}
-	out := os.Stdout
-	switch what := fs.Arg(0); what {
+	switch what {
 	case "services":
 		views := serviceViews(state)
 		if *output == "json" {
@@ -90,8 +113,10 @@ func runInspect(_ context.Context, args []string) error {
 			return writeJSON(out, rows)
 		}
 		return maglevTable(out, rows)
+	case "conntrack":
+		return inspectConntrack(out, maps, state, ct, *output == "json")
 	default:
-		return fmt.Errorf("unknown inspect target %q (want services, backends or maglev)", what)
+		return fmt.Errorf("unknown inspect target %q (want services, backends, maglev, conntrack, stats or stages)", what)
 	}
 }
 

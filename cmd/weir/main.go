@@ -24,8 +24,10 @@ func commands() map[string]command {
 	return map[string]command{
 		"agent":   {"run the load balancer (XDP, socket hooks, control plane)", runAgent},
 		"inspect": {"read the pinned maps: services, backends, maglev, conntrack, stats, stages", runInspect},
+		"observe": {"stream drop and sampled new-flow events from the datapath", runObserve},
 		"cleanup": {"detach every program and remove every pin under --bpf-root", runCleanup},
 		"demo":    {"build a namespace topology, load-balance HTTP with DSR, show failover, clean up", runDemo},
+		"bench":   {"benchmarks: the XDP datapath (or any XDP program), the control plane, kube-proxy", runBench},
 	}
 }
 
