@@ -3,7 +3,9 @@ SHELL := /bin/bash
 GO ?= go
 CLANG ?= clang-19
 STRIP ?= llvm-strip-19
-GOTEST_FLAGS ?= -count=1 -timeout 40m
+# -p 1: the privileged packages share the kernel (netns, XDP, cgroups) and
+# two cores; running them one at a time keeps timing-sensitive e2e tests calm.
+GOTEST_FLAGS ?= -count=1 -timeout 40m -p 1
 BENCH ?= .
 export CGO_ENABLED ?= 0
 
