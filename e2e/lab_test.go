@@ -247,7 +247,7 @@ func (l *lab) healthz(h *topo.Host) (int, string, error) {
 	var body string
 	err := h.Do(func() error {
 		var err error
-		code, body, err = httpGet("127.0.0.1:10256", "/healthz", time.Second)
+		code, body, err = topo.HTTPGet("127.0.0.1:10256", "/healthz", time.Second)
 		return err
 	})
 	return code, body, err
@@ -362,26 +362,6 @@ func httpName(addr netip.AddrPort, port int, path string) (string, error) {
 	return name, nil
 }
 
-// httpGet is one GET on a connection dialled from the calling thread.
-func httpGet(addr, path string, timeout time.Duration) (int, string, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
-	if err != nil {
-		return 0, "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: weir\r\n\r\n", path); err != nil {
-		return 0, "", err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
 func eventually(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -404,3 +384,8 @@ func must(t *testing.T, err error) {
 
 // switchHost is the LAN's switch namespace.
 func (l *lab) switchHost() *topo.Host { return l.topo.Hosts()[0] }
+
+// httpGet is topo.HTTPGet: one GET dialled from the calling thread.
+func httpGet(addr, path string, timeout time.Duration) (int, string, error) {
+	return topo.HTTPGet(addr, path, timeout)
+}

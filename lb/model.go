@@ -3,6 +3,7 @@ package lb
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -231,4 +232,18 @@ type Service struct {
 	// the node's default.
 	MaglevTableSize uint32
 	HealthCheck     *HealthCheck
+}
+
+// Clone returns a deep copy of s: sources hand services to several owners
+// (the reconciler, health checks), and none may see another's changes.
+func (s *Service) Clone() *Service {
+	c := *s
+	c.Frontends = slices.Clone(s.Frontends)
+	c.Backends = slices.Clone(s.Backends)
+	c.SourceRanges = slices.Clone(s.SourceRanges)
+	if s.HealthCheck != nil {
+		hc := *s.HealthCheck
+		c.HealthCheck = &hc
+	}
+	return &c
 }

@@ -253,16 +253,9 @@ func compareBool(a, b bool) int {
 
 // cloneService copies s, marking its name IPv6 when its frontends are.
 func cloneService(s *Service) *Service {
-	c := *s
+	c := s.Clone()
 	if len(s.Frontends) > 0 {
 		c.Name.IPv6 = !s.Frontends[0].Addr.Unmap().Is4()
 	}
-	c.Frontends = slices.Clone(s.Frontends)
-	c.Backends = slices.Clone(s.Backends)
-	c.SourceRanges = slices.Clone(s.SourceRanges)
-	if s.HealthCheck != nil {
-		hc := *s.HealthCheck
-		c.HealthCheck = &hc
-	}
-	return &c
+	return c
 }

@@ -353,7 +353,7 @@ func (d *demo) waitHealthy(ctx context.Context, host string) error {
 			}
 		}
 		err := d.hosts[host].Do(func() error {
-			status, body, err := httpGetHere("127.0.0.1:10256", "/healthz")
+			status, body, err := topo.HTTPGet("127.0.0.1:10256", "/healthz", 2*time.Second)
 			if err == nil && status != http.StatusOK {
 				err = fmt.Errorf("%d: %s", status, body)
 			}
@@ -436,28 +436,6 @@ func (d *demo) round(ctx context.Context) (map[int]string, error) {
 	close(ports)
 	wg.Wait()
 	return res, firstErr
-}
-
-// httpGetHere makes one HTTP/1.0 GET on a connection dialled from the
-// calling thread. http.Client dials from goroutines of its own, which may
-// run in another network namespace: never use it inside topo.Host.Do.
-func httpGetHere(addr, path string) (int, string, error) {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return 0, "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: weir\r\n\r\n", path); err != nil {
-		return 0, "", err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
 }
 
 // demoRequest runs on a thread in the client namespace: the dialer's

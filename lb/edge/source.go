@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -195,15 +194,7 @@ func cloneServices(in []*lb.Service) []*lb.Service {
 	}
 	out := make([]*lb.Service, len(in))
 	for i, s := range in {
-		c := *s
-		c.Frontends = slices.Clone(s.Frontends)
-		c.Backends = slices.Clone(s.Backends)
-		c.SourceRanges = slices.Clone(s.SourceRanges)
-		if s.HealthCheck != nil {
-			hc := *s.HealthCheck
-			c.HealthCheck = &hc
-		}
-		out[i] = &c
+		out[i] = s.Clone()
 	}
 	return out
 }

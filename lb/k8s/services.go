@@ -13,18 +13,6 @@ import (
 // differences), so deep equality is exact.
 func servicesEqual(a, b *lb.Service) bool { return reflect.DeepEqual(a, b) }
 
-func cloneService(s *lb.Service) *lb.Service {
-	c := *s
-	c.Frontends = slices.Clone(s.Frontends)
-	c.Backends = slices.Clone(s.Backends)
-	c.SourceRanges = slices.Clone(s.SourceRanges)
-	if s.HealthCheck != nil {
-		hc := *s.HealthCheck
-		c.HealthCheck = &hc
-	}
-	return &c
-}
-
 func compareNames(a, b lb.ServiceName) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
 		cmp.Compare(a.Port, b.Port), boolCompare(a.IPv6, b.IPv6))

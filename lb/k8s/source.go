@@ -163,7 +163,7 @@ func (s *Source) Services() []*lb.Service {
 	var out []*lb.Service
 	for _, m := range s.emitted {
 		for _, svc := range m {
-			out = append(out, cloneService(svc))
+			out = append(out, svc.Clone())
 		}
 	}
 	sortServices(out)
@@ -222,7 +222,7 @@ func (s *Source) initialSync(start time.Time) {
 	sortServices(all)
 	out := make([]*lb.Service, len(all))
 	for i, svc := range all {
-		out[i] = cloneService(svc)
+		out[i] = svc.Clone()
 	}
 	s.sink.Replace(out)
 	s.synced.Store(true)
@@ -318,7 +318,7 @@ func (s *Source) syncLocked(key types.NamespacedName, e *env, ops []sinkOp) []si
 		if prev, ok := old[name]; ok && servicesEqual(prev, want[name]) {
 			continue
 		}
-		ops = append(ops, sinkOp{upsert: cloneService(want[name])})
+		ops = append(ops, sinkOp{upsert: want[name].Clone()})
 		s.log.Debug("service upserted", "service", name, "frontends", len(want[name].Frontends), "backends", len(want[name].Backends))
 	}
 	for _, name := range sortedNames(old) {
