@@ -377,9 +377,11 @@ func TestDatapathRejects(t *testing.T) {
 	assertState(t, mustDump(t, d), want)
 }
 
-// BenchmarkDatapathUpsert measures single writes. Maglev includes the
-// kernel's RCU grace period after the swap; Maglevs reports the per-table
-// cost of batched swaps (ns/table).
+// BenchmarkDatapathUpsert measures single writes. Maglev/251 replaces
+// tables by tables of another size: a new inner map swapped in, with the
+// kernel's RCU grace period. Maglev/251/in-place rewrites tables of the
+// same size, what a backend change costs. Maglevs writes batches of either
+// kind. Every table case reports ns/table.
 func BenchmarkDatapathUpsert(b *testing.B) {
 	d, _ := mustDatapath(b, smallSizes)
 	b.Run("Backend", func(b *testing.B) {
@@ -391,44 +393,58 @@ func BenchmarkDatapathUpsert(b *testing.B) {
 			}
 		}
 	})
-	// A new size each time: a swap, as for a new table.
-	b.Run("Maglev/251", func(b *testing.B) {
-		tables := [2][]lb.BackendID{benchTable(251), benchTable(257)}
-		b.ReportAllocs()
-		for i := 0; b.Loop(); i++ {
-			if err := d.UpsertMaglev(lb.ServiceID(i%1000+1).Table(0), tables[i/1000%2]); err != nil {
-				b.Fatal(err)
+	next := lb.ServiceID(1) // each case has its own services
+	for _, tc := range []struct {
+		name        string
+		size, batch int // batch 0: one table per call, over 1000 services
+		inPlace     bool
+	}{
+		{"Maglev/251", 251, 0, false},
+		{"Maglev/251/in-place", 251, 0, true},
+		{"Maglevs/251", 251, 1000, false},
+		{"Maglevs/251/in-place", 251, 1000, true},
+		{"Maglevs/16381", 16381, 100, false},
+		{"Maglevs/16381/in-place", 16381, 100, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			n := tc.batch
+			if n == 0 {
+				n = 1000
 			}
-		}
-	})
-	// The same size: rewritten in place (what a backend change costs).
-	b.Run("Maglev/251/in-place", func(b *testing.B) {
-		table := benchTable(251)
-		b.ReportAllocs()
-		for i := 0; b.Loop(); i++ {
-			if err := d.UpsertMaglev(lb.ServiceID(i%1000+1).Table(1), table); err != nil {
-				b.Fatal(err)
+			first := next
+			next += lb.ServiceID(n)
+			// Writes alternate between sized[0] and sized[1], which
+			// differ in size unless in place; sized[1] is there first.
+			sized := [2][]lb.BackendID{benchTable(tc.size), benchTable(tc.size)}
+			if !tc.inPlace {
+				sized[1] = benchTable(tc.size - 2)
 			}
-		}
-	})
-	for _, tc := range []struct{ size, batch int }{{251, 1000}, {16381, 100}} {
-		b.Run(fmt.Sprintf("Maglevs/%d", tc.size), func(b *testing.B) {
-			// Tables of alternating sizes: every write is a swap.
-			sized := [2][]lb.BackendID{benchTable(tc.size), benchTable(tc.size - 2)}
-			tables := [2]map[lb.TableID][]lb.BackendID{}
-			for i := range tables {
-				tables[i] = make(map[lb.TableID][]lb.BackendID, tc.batch)
-				for id := range tc.batch {
-					tables[i][lb.ServiceID(id+1).Table(0)] = sized[i]
+			var batches [2]map[lb.TableID][]lb.BackendID
+			for k := range batches {
+				batches[k] = make(map[lb.TableID][]lb.BackendID, n)
+				for i := range n {
+					batches[k][(first + lb.ServiceID(i)).Table(0)] = sized[k]
 				}
 			}
+			if err := d.UpsertMaglevs(batches[1]); err != nil {
+				b.Fatal(err)
+			}
+			tables := 0
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
-				if err := d.UpsertMaglevs(tables[i%2]); err != nil {
+				var err error
+				if tc.batch == 0 {
+					err = d.UpsertMaglev((first + lb.ServiceID(i%n)).Table(0), sized[i/n%2])
+					tables++
+				} else {
+					err = d.UpsertMaglevs(batches[i%2])
+					tables += tc.batch
+				}
+				if err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*tc.batch), "ns/table")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(tables), "ns/table")
 		})
 	}
 }
