@@ -20,10 +20,16 @@ import (
 // swapping an inner map, whose RCU grace period (~10 ms) used to dominate
 // a one-backend change; the switch is a plain hash-map update. A view's
 // first table is written to both generations in the same batch (one grace
-// period for both), so that its first change is already in place. A
-// program that read a key just before a switch may still read the old
-// table for the microseconds it runs; that table is rewritten in place
-// only by a later change, never in the same Sync.
+// period for both), so that its first change is already in place.
+//
+// What the switch doesn't wait for: a program that read a key just before
+// it may still read the old table for the microseconds it runs. That
+// table is rewritten in place only by a later Sync (the runner keeps them
+// apart), but the backends only it names are deleted later in the same
+// Sync; such a program would find its backend gone and reject that one
+// new flow. A swap's grace period used to rule this out; the window is a
+// program's run time (XDP runs with preemption off; a socket hook might be
+// preempted), normally far shorter than the writes in between.
 //
 // A failure halfway through a switch can leave keys on both generations.
 // Before a table is written into a generation some key may still use,
