@@ -32,6 +32,9 @@ func ServiceValueFrom(e lb.ServiceEntry) (ServiceValue, error) {
 	if e.AffinityTimeout < 0 {
 		return ServiceValue{}, fmt.Errorf("service %d: negative affinity timeout %v", e.ServiceID, e.AffinityTimeout)
 	}
+	if e.TableGen > 1 {
+		return ServiceValue{}, fmt.Errorf("service %d: table generation %d (want 0 or 1)", e.ServiceID, e.TableGen)
+	}
 	secs := (e.AffinityTimeout + time.Second - 1) / time.Second
 	if secs > math.MaxUint32 {
 		return ServiceValue{}, fmt.Errorf("service %d: affinity timeout %v exceeds %d seconds", e.ServiceID, e.AffinityTimeout, uint32(math.MaxUint32))
@@ -44,6 +47,7 @@ func ServiceValueFrom(e lb.ServiceEntry) (ServiceValue, error) {
 		AffinityTimeout: uint32(secs),
 		Flags:           uint16(e.Flags),
 		Mode:            uint8(e.Mode),
+		TableGen:        e.TableGen,
 	}, nil
 }
 
@@ -54,6 +58,7 @@ func (v *ServiceValue) LB() lb.ServiceEntry {
 		FrontendID:      lb.FrontendID(v.FrontendID),
 		Backends:        v.Backends,
 		TableSize:       v.TableSize,
+		TableGen:        v.TableGen,
 		Mode:            lb.Mode(v.Mode),
 		Flags:           lb.ServiceFlags(v.Flags),
 		AffinityTimeout: time.Duration(v.AffinityTimeout) * time.Second,

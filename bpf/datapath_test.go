@@ -93,13 +93,14 @@ func sampleState() *lb.DatapathState {
 	s.Backends[1] = lb.BackendEntry{ServiceID: 1, Addr: netip.MustParseAddr("10.0.1.5"), Port: 8080, Tunnel: netip.MustParseAddr("192.168.1.2"), Weight: 100, State: lb.BackendActive}
 	s.Backends[2] = lb.BackendEntry{ServiceID: 1, Addr: netip.MustParseAddr("10.0.2.5"), Port: 8080, Weight: 1, State: lb.BackendTerminating}
 	s.Backends[3] = lb.BackendEntry{ServiceID: 2, Addr: netip.MustParseAddr("fd00:1::5"), Port: 443, Tunnel: netip.MustParseAddr("fd00:ff::2"), Weight: 7, State: lb.BackendQuarantined}
-	s.Maglev[1] = []lb.BackendID{1, 2, 1, 2, 2, 1, 1}
-	s.Maglev[2] = []lb.BackendID{3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3}
+	s.Maglev[lb.ServiceID(1).Table(0)] = []lb.BackendID{1, 2, 1, 2, 2, 1, 1}
+	s.Maglev[lb.ServiceID(1).Table(1)] = []lb.BackendID{2, 2, 1, 1, 1, 2, 2}
+	s.Maglev[lb.ServiceID(2).Table(1)] = []lb.BackendID{3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3}
 	s.Frontends[1] = lb.FrontendEntry{ServiceID: 1, Addr: v4, Port: 53, Protocol: lb.UDP, Scope: lb.ScopeInternal, Kind: lb.KindClusterIP, Service: "kube-system/kube-dns", PortName: "dns"}
 	s.Frontends[2] = lb.FrontendEntry{ServiceID: 2, Addr: v6, Port: 443, Protocol: lb.TCP, Scope: lb.ScopeExternal, Kind: lb.KindLoadBalancer, Service: "web"}
 	s.SourceRanges[2] = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32")}
 	s.Services[lb.ServiceKey{Addr: v4, Port: 53, Protocol: lb.UDP, Scope: lb.ScopeInternal}] = lb.ServiceEntry{ServiceID: 1, FrontendID: 1, Backends: 1, TableSize: 7, Mode: lb.ModeSNAT, Flags: lb.FlagAffinity, AffinityTimeout: 3 * time.Hour}
-	s.Services[lb.ServiceKey{Addr: v6, Port: 443, Protocol: lb.TCP, Scope: lb.ScopeExternal}] = lb.ServiceEntry{ServiceID: 2, FrontendID: 2, Backends: 0, TableSize: 11, Mode: lb.ModeHybrid, Flags: lb.FlagSourceRanges | lb.FlagLocalOnly}
+	s.Services[lb.ServiceKey{Addr: v6, Port: 443, Protocol: lb.TCP, Scope: lb.ScopeExternal}] = lb.ServiceEntry{ServiceID: 2, FrontendID: 2, Backends: 0, TableSize: 11, TableGen: 1, Mode: lb.ModeHybrid, Flags: lb.FlagSourceRanges | lb.FlagLocalOnly}
 	return s
 }
 
@@ -157,31 +158,32 @@ func TestDatapathDeletes(t *testing.T) {
 	deleteAll() // and again
 }
 
-// innerMapID returns the ID of the inner map holding a service's table.
-func innerMapID(tb testing.TB, d *Datapath, id lb.ServiceID) ebpf.MapID {
+// innerMapID returns the ID of the inner map holding a table.
+func innerMapID(tb testing.TB, d *Datapath, id lb.TableID) ebpf.MapID {
 	tb.Helper()
 	key, inner := uint32(id), uint32(0)
 	if err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&inner)); err != nil {
-		tb.Fatalf("maglev table of service %d: %v", id, err)
+		tb.Fatalf("maglev table %s: %v", id, err)
 	}
 	return ebpf.MapID(inner)
 }
 
 func TestDatapathMaglevSwap(t *testing.T) {
 	d, _ := mustDatapath(t, smallSizes)
+	id := lb.ServiceID(9).Table(1)
 	first := []lb.BackendID{1, 2, 3, 1, 2, 3, 1}
-	if err := d.UpsertMaglev(9, first); err != nil {
+	if err := d.UpsertMaglev(id, first); err != nil {
 		t.Fatal(err)
 	}
-	oldID := innerMapID(t, d, 9)
+	oldID := innerMapID(t, d, id)
 	second := []lb.BackendID{4, 4, 5, 5, 4, 5, 4, 5, 4, 5, 4}
-	if err := d.UpsertMaglev(9, second); err != nil {
+	if err := d.UpsertMaglev(id, second); err != nil {
 		t.Fatal(err)
 	}
-	if newID := innerMapID(t, d, 9); newID == oldID {
-		t.Errorf("second table is in the same inner map %d: not swapped", newID)
+	if newID := innerMapID(t, d, id); newID == oldID {
+		t.Errorf("a table of another size is in the same inner map %d: not swapped", newID)
 	}
-	if got := mustDump(t, d).Maglev[9]; !reflect.DeepEqual(got, second) {
+	if got := mustDump(t, d).Maglev[id]; !reflect.DeepEqual(got, second) {
 		t.Errorf("table after swap = %v, want %v", got, second)
 	}
 	// The outer map held the only reference to the old table.
@@ -194,11 +196,40 @@ func TestDatapathMaglevSwap(t *testing.T) {
 	}
 }
 
+// A table written over one of the same size is rewritten in place: the
+// same inner map, no write to the outer map.
+func TestDatapathMaglevInPlace(t *testing.T) {
+	d, _ := mustDatapath(t, smallSizes)
+	id := lb.ServiceID(3).Table(0)
+	if err := d.UpsertMaglev(id, []lb.BackendID{1, 2, 3, 1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	inner := innerMapID(t, d, id)
+	for _, write := range []func(lb.TableID, []lb.BackendID) error{
+		d.UpsertMaglev,
+		func(id lb.TableID, t []lb.BackendID) error {
+			return d.UpsertMaglevs(map[lb.TableID][]lb.BackendID{id: t})
+		},
+	} {
+		want := []lb.BackendID{4, 4, 5, 5, 4}
+		if err := write(id, want); err != nil {
+			t.Fatal(err)
+		}
+		if got := innerMapID(t, d, id); got != inner {
+			t.Errorf("a table of the same size moved from inner map %d to %d: swapped, not rewritten", inner, got)
+		}
+		if got := mustDump(t, d).Maglev[id]; !reflect.DeepEqual(got, want) {
+			t.Errorf("table after the rewrite = %v, want %v", got, want)
+		}
+		want[0] = 6 // the next write differs
+	}
+}
+
 func TestDatapathMaglevBatch(t *testing.T) {
 	d, _ := mustDatapath(t, smallSizes)
 	d.chunk = 50 // 12 chunks: more than the workers
-	tables := map[lb.ServiceID][]lb.BackendID{}
-	for id := lb.ServiceID(1); id <= 600; id++ {
+	tables := map[lb.TableID][]lb.BackendID{}
+	for id := lb.TableID(2); id < 602; id++ {
 		tables[id] = []lb.BackendID{lb.BackendID(id), lb.BackendID(id) + 1, lb.BackendID(id)}
 	}
 	if err := d.UpsertMaglevs(tables); err != nil {
@@ -207,24 +238,31 @@ func TestDatapathMaglevBatch(t *testing.T) {
 	if got := mustDump(t, d).Maglev; !reflect.DeepEqual(got, tables) {
 		t.Errorf("dumped %d tables, want the %d written", len(got), len(tables))
 	}
-	oldID := innerMapID(t, d, 1)
-	tables[1] = []lb.BackendID{7, 7, 7, 7, 7}
-	if err := d.UpsertMaglevs(map[lb.ServiceID][]lb.BackendID{1: tables[1]}); err != nil {
+	oldID, keptID := innerMapID(t, d, 2), innerMapID(t, d, 3)
+	tables[2] = []lb.BackendID{7, 7, 7, 7, 7}
+	tables[3] = []lb.BackendID{8, 8, 8}
+	if err := d.UpsertMaglevs(map[lb.TableID][]lb.BackendID{2: tables[2], 3: tables[3]}); err != nil {
 		t.Fatal(err)
 	}
-	if innerMapID(t, d, 1) == oldID {
-		t.Error("batch upsert did not swap in a new inner map")
+	if innerMapID(t, d, 2) == oldID {
+		t.Error("batch upsert of a resized table did not swap in a new inner map")
 	}
-	if err := d.UpsertMaglevs(map[lb.ServiceID][]lb.BackendID{2: {1}, 3: nil}); err == nil {
+	if innerMapID(t, d, 3) != keptID {
+		t.Error("batch upsert of a table of the same size did not rewrite it in place")
+	}
+	if err := d.UpsertMaglevs(map[lb.TableID][]lb.BackendID{4: {1}, 5: nil}); err == nil {
 		t.Error("a batch with an empty table was accepted")
 	}
-	if got := mustDump(t, d).Maglev[2]; !reflect.DeepEqual(got, tables[2]) {
-		t.Errorf("a refused batch changed table 2 to %v", got)
+	if got := mustDump(t, d).Maglev[4]; !reflect.DeepEqual(got, tables[4]) {
+		t.Errorf("a refused batch changed table 4 to %v", got)
+	}
+	if got := mustDump(t, d).Maglev; !reflect.DeepEqual(got, tables) {
+		t.Errorf("dumped %d tables, want the %d written", len(got), len(tables))
 	}
 
 	// Delete half, plus IDs that have no table.
-	var del []lb.ServiceID
-	for id := lb.ServiceID(1); id <= 300; id++ {
+	var del []lb.TableID
+	for id := lb.TableID(2); id < 302; id++ {
 		del = append(del, id, id+10000)
 		delete(tables, id)
 	}
@@ -247,7 +285,8 @@ func TestDatapathMapFull(t *testing.T) {
 	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
 	for i := 1; i <= 2; i++ {
 		want.Backends[lb.BackendID(i)] = lb.BackendEntry{ServiceID: 1, Addr: addr(i), Port: 80, Weight: 1}
-		want.Maglev[lb.ServiceID(i)] = []lb.BackendID{1, 2, 1}
+		want.Maglev[lb.ServiceID(1).Table(uint8(i-1))] = []lb.BackendID{1, 2, 1}
+		want.Maglev[lb.ServiceID(2).Table(uint8(i-1))] = []lb.BackendID{1, 2, 1} // two tables per service
 		want.Frontends[lb.FrontendID(i)] = lb.FrontendEntry{ServiceID: 1, Addr: addr(i), Port: 80, Protocol: lb.TCP, Service: "a"}
 		want.SourceRanges[1] = append(want.SourceRanges[1], netip.PrefixFrom(addr(i), 32))
 		want.Services[lb.ServiceKey{Addr: addr(i), Port: 80, Protocol: lb.TCP}] = lb.ServiceEntry{ServiceID: 1, FrontendID: 1, Backends: 2, TableSize: 3}
@@ -259,9 +298,9 @@ func TestDatapathMapFull(t *testing.T) {
 		write         func() error
 	}{
 		{"weir_backends", "--bpf-map-backends", func() error { return d.UpsertBackend(3, want.Backends[1]) }},
-		{"weir_maglev", "--bpf-map-services", func() error { return d.UpsertMaglev(3, []lb.BackendID{1}) }},
+		{"weir_maglev", "--bpf-map-services", func() error { return d.UpsertMaglev(lb.ServiceID(3).Table(0), []lb.BackendID{1}) }},
 		{"weir_maglev", "--bpf-map-services", func() error {
-			return d.UpsertMaglevs(map[lb.ServiceID][]lb.BackendID{3: {1}})
+			return d.UpsertMaglevs(map[lb.TableID][]lb.BackendID{lb.ServiceID(3).Table(1): {1}})
 		}},
 		{"weir_frontends", "--bpf-map-frontends", func() error { return d.UpsertFrontend(3, want.Frontends[1]) }},
 		{"weir_source_ranges", "--bpf-map-source-ranges", func() error {
@@ -277,10 +316,14 @@ func TestDatapathMapFull(t *testing.T) {
 			t.Errorf("%s: writing a third entry: got %v, want a MapFullError", tc.mapName, err)
 			continue
 		}
-		if full.Map != tc.mapName || full.MaxEntries != 2 || full.Flag != tc.flag {
+		entries := uint32(2)
+		if tc.mapName == "weir_maglev" {
+			entries = 4 // two tables per service
+		}
+		if full.Map != tc.mapName || full.MaxEntries != entries || full.Flag != tc.flag {
 			t.Errorf("%s: got %+v", tc.mapName, full)
 		}
-		if msg := fmt.Sprintf("map %s is full (2 entries): raise %s", tc.mapName, tc.flag); !strings.Contains(err.Error(), msg) {
+		if msg := fmt.Sprintf("map %s is full (%d entries): raise %s", tc.mapName, entries, tc.flag); !strings.Contains(err.Error(), msg) {
 			t.Errorf("error %q does not say %q", err, msg)
 		}
 	}
@@ -319,6 +362,9 @@ func TestDatapathRejects(t *testing.T) {
 		{"service key without address", "no address", func() error { return d.UpsertService(lb.ServiceKey{Port: 80}, lb.ServiceEntry{}) }},
 		{"empty maglev table", "empty", func() error { return d.UpsertMaglev(2, nil) }},
 		{"backend 0 in a slot", "backend ID 0", func() error { return d.UpsertMaglev(2, []lb.BackendID{1, 0}) }},
+		{"table generation 2", "table generation 2", func() error {
+			return d.UpsertService(lb.ServiceKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 80}, lb.ServiceEntry{ServiceID: 1, TableGen: 2})
+		}},
 		{"invalid source range", "invalid source range", func() error { return d.UpsertSourceRange(2, netip.Prefix{}) }},
 	} {
 		err := tc.write()
@@ -331,9 +377,11 @@ func TestDatapathRejects(t *testing.T) {
 	assertState(t, mustDump(t, d), want)
 }
 
-// BenchmarkDatapathUpsert measures single writes. Maglev includes the
-// kernel's RCU grace period after the swap; Maglevs reports the per-table
-// cost of batched swaps (ns/table).
+// BenchmarkDatapathUpsert measures single writes. Maglev/251 replaces
+// tables by tables of another size: a new inner map swapped in, with the
+// kernel's RCU grace period. Maglev/251/in-place rewrites tables of the
+// same size, what a backend change costs. Maglevs writes batches of either
+// kind. Every table case reports ns/table.
 func BenchmarkDatapathUpsert(b *testing.B) {
 	d, _ := mustDatapath(b, smallSizes)
 	b.Run("Backend", func(b *testing.B) {
@@ -345,29 +393,58 @@ func BenchmarkDatapathUpsert(b *testing.B) {
 			}
 		}
 	})
-	b.Run("Maglev/251", func(b *testing.B) {
-		table := benchTable(251)
-		b.ReportAllocs()
-		for i := 0; b.Loop(); i++ {
-			if err := d.UpsertMaglev(lb.ServiceID(i%1000+1), table); err != nil {
+	next := lb.ServiceID(1) // each case has its own services
+	for _, tc := range []struct {
+		name        string
+		size, batch int // batch 0: one table per call, over 1000 services
+		inPlace     bool
+	}{
+		{"Maglev/251", 251, 0, false},
+		{"Maglev/251/in-place", 251, 0, true},
+		{"Maglevs/251", 251, 1000, false},
+		{"Maglevs/251/in-place", 251, 1000, true},
+		{"Maglevs/16381", 16381, 100, false},
+		{"Maglevs/16381/in-place", 16381, 100, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			n := tc.batch
+			if n == 0 {
+				n = 1000
+			}
+			first := next
+			next += lb.ServiceID(n)
+			// Writes alternate between sized[0] and sized[1], which
+			// differ in size unless in place; sized[1] is there first.
+			sized := [2][]lb.BackendID{benchTable(tc.size), benchTable(tc.size)}
+			if !tc.inPlace {
+				sized[1] = benchTable(tc.size - 2)
+			}
+			var batches [2]map[lb.TableID][]lb.BackendID
+			for k := range batches {
+				batches[k] = make(map[lb.TableID][]lb.BackendID, n)
+				for i := range n {
+					batches[k][(first + lb.ServiceID(i)).Table(0)] = sized[k]
+				}
+			}
+			if err := d.UpsertMaglevs(batches[1]); err != nil {
 				b.Fatal(err)
 			}
-		}
-	})
-	for _, tc := range []struct{ size, batch int }{{251, 1000}, {16381, 100}} {
-		b.Run(fmt.Sprintf("Maglevs/%d", tc.size), func(b *testing.B) {
-			table := benchTable(tc.size)
-			tables := make(map[lb.ServiceID][]lb.BackendID, tc.batch)
-			for id := range tc.batch {
-				tables[lb.ServiceID(id+1)] = table
-			}
+			tables := 0
 			b.ReportAllocs()
-			for b.Loop() {
-				if err := d.UpsertMaglevs(tables); err != nil {
+			for i := 0; b.Loop(); i++ {
+				var err error
+				if tc.batch == 0 {
+					err = d.UpsertMaglev((first + lb.ServiceID(i%n)).Table(0), sized[i/n%2])
+					tables++
+				} else {
+					err = d.UpsertMaglevs(batches[i%2])
+					tables += tc.batch
+				}
+				if err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*tc.batch), "ns/table")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(tables), "ns/table")
 		})
 	}
 }
@@ -385,13 +462,14 @@ func benchTable(size int) []lb.BackendID {
 func BenchmarkDatapathProgram10k(b *testing.B) {
 	d, _ := mustDatapath(b, smallSizes)
 	const services, backends = 10000, 10
-	tables := make(map[lb.ServiceID][]lb.BackendID, services)
+	tables := make(map[lb.TableID][]lb.BackendID, 2*services)
 	for s := range services {
 		t := make([]lb.BackendID, 251)
 		for i := range t {
 			t[i] = lb.BackendID(s*backends + i%backends + 1)
 		}
-		tables[lb.ServiceID(s+1)] = t
+		tables[lb.ServiceID(s+1).Table(0)] = t
+		tables[lb.ServiceID(s+1).Table(1)] = t
 	}
 	for b.Loop() {
 		for s := range services {
@@ -453,7 +531,11 @@ func TestDatapathAdoptsPinnedTableFlags(t *testing.T) {
 	if err := d.UpsertMaglev(2, []lb.BackendID{3, 4, 3, 4, 3}); err != nil {
 		t.Fatalf("new table in maps pinned with another template: %v", err)
 	}
-	want := map[lb.ServiceID][]lb.BackendID{1: {1, 2, 1}, 2: {3, 4, 3, 4, 3}}
+	// Rewriting the old table in place works without a memory mapping.
+	if err := d.UpsertMaglev(1, []lb.BackendID{2, 2, 1}); err != nil {
+		t.Fatalf("rewrite a table that is not BPF_F_MMAPABLE: %v", err)
+	}
+	want := map[lb.TableID][]lb.BackendID{1: {2, 2, 1}, 2: {3, 4, 3, 4, 3}}
 	if got := mustDump(t, d).Maglev; !reflect.DeepEqual(got, want) {
 		t.Errorf("tables = %v, want %v", got, want)
 	}
@@ -463,9 +545,10 @@ func TestDatapathAdoptsPinnedTableFlags(t *testing.T) {
 // restarting agent does.
 func BenchmarkDatapathDump10k(b *testing.B) {
 	d, _ := mustDatapath(b, smallSizes)
-	tables := make(map[lb.ServiceID][]lb.BackendID, 10000)
+	tables := make(map[lb.TableID][]lb.BackendID, 20000)
 	for s := range 10000 {
-		tables[lb.ServiceID(s+1)] = benchTable(251)
+		tables[lb.ServiceID(s+1).Table(0)] = benchTable(251)
+		tables[lb.ServiceID(s+1).Table(1)] = benchTable(251)
 	}
 	if err := d.UpsertMaglevs(tables); err != nil {
 		b.Fatal(err)

@@ -16,12 +16,17 @@
 // numbers can't drift. Pass pointers to the mirrors to cilium/ebpf: they
 // reach the kernel without copying.
 //
-// Datapath. Writes are idempotent (update-or-insert), deleting a missing
-// key succeeds, and a service's Maglev table is replaced atomically (a new
-// inner map, filled through a memory mapping, then one swap). Each swap
-// costs a kernel RCU grace period (~10 ms); UpsertMaglevs and DeleteMaglevs
-// (lb.MaglevBatcher) pay it once per batch. Dump reads everything back,
-// for restoring after a restart.
+// Datapath. Writes are idempotent (update-or-insert) and deleting a missing
+// key succeeds. Every service has two Maglev tables in weir_maglev, at key
+// ServiceID<<1 | generation (lb.TableID); the service entry's table_gen
+// picks one. A new or resized table is a new inner map, filled through a
+// memory mapping, then swapped in with one outer-map write, which costs a
+// kernel RCU grace period (~10 ms); UpsertMaglevs and DeleteMaglevs
+// (lb.MaglevBatcher) pay it once per batch. A table of unchanged size is
+// rewritten in place through its memory mapping, with no outer-map write
+// and no wait: the caller does that only to a table no entry uses, then
+// flips table_gen. Dump reads everything back, for restoring after a
+// restart.
 //
 // Errors name the object and the map. Input the maps can't hold (no
 // address, a name longer than its C array, an empty Maglev table) is

@@ -98,9 +98,9 @@ func (d *Datapath) dumpMaglev(s *lb.DatapathState) error {
 			continue // deleted since the iteration
 		}
 		if err != nil {
-			return fmt.Errorf("dump map weir_maglev: table of service %d: %w", id, err)
+			return fmt.Errorf("dump map weir_maglev: table %s: %w", lb.TableID(id), err)
 		}
-		s.Maglev[lb.ServiceID(id)] = table
+		s.Maglev[lb.TableID(id)] = table
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 	"unsafe"
@@ -15,13 +16,22 @@ import (
 	"github.com/weir-lb/weir/lb"
 )
 
-// Maglev tables live in inner array maps of weir_maglev, one per service,
-// sized to the table. A table is replaced by filling a new inner map and
-// swapping it in with one write to the outer map, so a packet sees the old
-// table or the new one. The kernel then waits for an RCU grace period
-// (about 10 ms here) before the write returns, so that no program still
-// reads the old table; that wait, not the filling, dominates a single
-// UpsertMaglev. UpsertMaglevs and DeleteMaglevs pay it once per batch.
+// Maglev tables live in inner array maps of weir_maglev, two per service
+// (lb.TableID: the service's ID and a generation), sized to the table.
+// Service entries name the generation packets use, so the reconciler
+// writes a new table into the other one and then switches the entries.
+//
+// A table that exists with the same size is rewritten in place, through a
+// memory mapping of the inner map: no write to the outer map. A new table,
+// or one whose size changes, is filled in a new inner map and swapped in
+// with one write to the outer map, so a packet sees the old table or the
+// new one. The kernel then waits for an RCU grace period (about 10 ms
+// here) before the write returns, so that no program still reads the old
+// table; that wait, not the filling, dominates such a write, and
+// UpsertMaglevs and DeleteMaglevs pay it once per batch. An in-place
+// rewrite waits for nothing, which is what makes a backend change cost
+// microseconds rather than 10 ms; it is atomic for packets only because
+// the caller rewrites a table no entry uses.
 
 const (
 	// maglevWorkers chunks of tables are in flight at once, so that one
@@ -49,10 +59,14 @@ func maglevChunkSize() int {
 	return max(maglevMinChunk, min(maglevMaxChunk, int(free-maglevReservedFDs)/maglevWorkers))
 }
 
-// UpsertMaglev replaces a service's Maglev table atomically. An empty table
-// is an error: a service without backends has its table deleted.
-func (d *Datapath) UpsertMaglev(id lb.ServiceID, table []lb.BackendID) error {
+// UpsertMaglev writes a Maglev table: in place when the table exists with
+// the same size, else swapped in whole. An empty table is an error: a
+// service without backends has its tables deleted.
+func (d *Datapath) UpsertMaglev(id lb.TableID, table []lb.BackendID) error {
 	if err := checkTable(id, table); err != nil {
+		return err
+	}
+	if done, err := d.rewriteTable(id, table); done || err != nil {
 		return err
 	}
 	inner, err := d.newTable(id, table)
@@ -63,16 +77,16 @@ func (d *Datapath) UpsertMaglev(id lb.ServiceID, table []lb.BackendID) error {
 	defer inner.Close()
 	key := uint32(id)
 	if err := d.maps.Maglev.Update(unsafe.Pointer(&key), inner, ebpf.UpdateAny); err != nil {
-		return writeError(fmt.Sprintf("maglev table of service %d", id), "weir_maglev", d.maps.Maglev, err)
+		return writeError(fmt.Sprintf("maglev table %s", id), "weir_maglev", d.maps.Maglev, err)
 	}
 	return nil
 }
 
-// UpsertMaglevs replaces many tables, each atomically, with one grace
-// period per chunk of services (hundreds to thousands, depending on
-// RLIMIT_NOFILE) instead of one per service.
-// Every table is validated before anything is written.
-func (d *Datapath) UpsertMaglevs(tables map[lb.ServiceID][]lb.BackendID) error {
+// UpsertMaglevs writes many tables, each as UpsertMaglev does, with one
+// grace period per chunk of swapped tables (hundreds to thousands,
+// depending on RLIMIT_NOFILE) instead of one per table. Every table is
+// validated before anything is written.
+func (d *Datapath) UpsertMaglevs(tables map[lb.TableID][]lb.BackendID) error {
 	for id, t := range tables {
 		if err := checkTable(id, t); err != nil {
 			return err
@@ -90,57 +104,97 @@ func (d *Datapath) UpsertMaglevs(tables map[lb.ServiceID][]lb.BackendID) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			errs[i] = d.swapTables(chunk, tables)
+			errs[i] = d.writeTables(chunk, tables)
 		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-// swapTables fills a new table for each service of ids, then swaps them all
-// in with one batch update of the outer map.
-func (d *Datapath) swapTables(ids []lb.ServiceID, tables map[lb.ServiceID][]lb.BackendID) error {
+// writeTables rewrites in place the tables of ids that keep their size,
+// fills a new inner map for each of the others, and swaps those in with
+// one batch update of the outer map.
+func (d *Datapath) writeTables(ids []lb.TableID, tables map[lb.TableID][]lb.BackendID) error {
 	inners := make([]*ebpf.Map, 0, len(ids))
 	defer func() {
 		for _, m := range inners {
 			m.Close()
 		}
 	}()
-	keys := make([]uint32, len(ids))
-	fds := make([]uint32, len(ids))
-	for i, id := range ids {
+	keys := make([]uint32, 0, len(ids))
+	fds := make([]uint32, 0, len(ids))
+	for _, id := range ids {
+		done, err := d.rewriteTable(id, tables[id])
+		if err != nil {
+			return err
+		}
+		if done {
+			continue
+		}
 		m, err := d.newTable(id, tables[id])
 		if err != nil {
 			return err
 		}
 		inners = append(inners, m)
-		keys[i], fds[i] = uint32(id), uint32(m.FD())
+		keys, fds = append(keys, uint32(id)), append(fds, uint32(m.FD()))
+	}
+	if len(keys) == 0 {
+		return nil
 	}
 	n, err := d.maps.Maglev.BatchUpdate(keys, fds, nil)
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		for i := range keys {
 			if err := d.maps.Maglev.Update(unsafe.Pointer(&keys[i]), unsafe.Pointer(&fds[i]), ebpf.UpdateAny); err != nil {
-				return writeError(fmt.Sprintf("maglev table of service %d", keys[i]), "weir_maglev", d.maps.Maglev, err)
+				return writeError(fmt.Sprintf("maglev table %s", lb.TableID(keys[i])), "weir_maglev", d.maps.Maglev, err)
 			}
 		}
 		return nil
 	}
 	if err != nil {
-		failed := keys[min(n, len(keys)-1)]
-		return writeError(fmt.Sprintf("maglev table of service %d (%d of %d in this batch written)", failed, n, len(keys)), "weir_maglev", d.maps.Maglev, err)
+		failed := lb.TableID(keys[min(n, len(keys)-1)])
+		return writeError(fmt.Sprintf("maglev table %s (%d of %d in this batch written)", failed, n, len(keys)), "weir_maglev", d.maps.Maglev, err)
 	}
 	return nil
 }
 
-// DeleteMaglev removes a service's table.
-func (d *Datapath) DeleteMaglev(id lb.ServiceID) error {
+// rewriteTable writes table into the inner map id holds when that has as
+// many slots, and reports whether it did. False without an error means
+// there is no such map: none, another size, or swapped out meanwhile.
+func (d *Datapath) rewriteTable(id lb.TableID, table []lb.BackendID) (bool, error) {
+	key, innerID := uint32(id), uint32(0)
+	err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&innerID))
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("maglev table %s: look up in map weir_maglev: %w", id, err)
+	}
+	inner, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("maglev table %s: open inner map %d: %w", id, innerID, err)
+	}
+	defer inner.Close()
+	if inner.MaxEntries() != uint32(len(table)) {
+		return false, nil
+	}
+	if err := d.fillTable(inner, table); err != nil {
+		return false, fmt.Errorf("maglev table %s: rewrite %d slots in place: %w", id, len(table), err)
+	}
+	return true, nil
+}
+
+// DeleteMaglev removes a table.
+func (d *Datapath) DeleteMaglev(id lb.TableID) error {
 	key := uint32(id)
-	return deleteError(fmt.Sprintf("maglev table of service %d", id), "weir_maglev", d.maps.Maglev.Delete(unsafe.Pointer(&key)))
+	return deleteError(fmt.Sprintf("maglev table %s", id), "weir_maglev", d.maps.Maglev.Delete(unsafe.Pointer(&key)))
 }
 
 // DeleteMaglevs removes many tables with one grace period. Missing tables
 // are skipped: a kernel batch delete stops at the first missing key.
-func (d *Datapath) DeleteMaglevs(ids []lb.ServiceID) error {
+func (d *Datapath) DeleteMaglevs(ids []lb.TableID) error {
 	keys := make([]uint32, 0, len(ids))
 	var inner uint32
 	for _, id := range ids {
@@ -150,7 +204,7 @@ func (d *Datapath) DeleteMaglevs(ids []lb.ServiceID) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("maglev table of service %d: look up in map weir_maglev: %w", id, err)
+			return fmt.Errorf("maglev table %s: look up in map weir_maglev: %w", id, err)
 		}
 		keys = append(keys, key)
 	}
@@ -164,13 +218,13 @@ func (d *Datapath) DeleteMaglevs(ids []lb.ServiceID) error {
 			keys = keys[n+1:]
 		case errors.Is(err, ebpf.ErrNotSupported):
 			for _, key := range keys {
-				if err := d.DeleteMaglev(lb.ServiceID(key)); err != nil {
+				if err := d.DeleteMaglev(lb.TableID(key)); err != nil {
 					return err
 				}
 			}
 			return nil
 		default:
-			return deleteError(fmt.Sprintf("maglev table of service %d", keys[min(n, len(keys)-1)]), "weir_maglev", err)
+			return deleteError(fmt.Sprintf("maglev table %s", lb.TableID(keys[min(n, len(keys)-1)])), "weir_maglev", err)
 		}
 	}
 	return nil
@@ -178,41 +232,42 @@ func (d *Datapath) DeleteMaglevs(ids []lb.ServiceID) error {
 
 // checkTable refuses what the datapath can't use: an empty table, or a
 // slot holding backend 0, which is never allocated.
-func checkTable(id lb.ServiceID, table []lb.BackendID) error {
+func checkTable(id lb.TableID, table []lb.BackendID) error {
 	if len(table) == 0 {
-		return fmt.Errorf("maglev table of service %d is empty (delete the table of a service without backends instead)", id)
+		return fmt.Errorf("maglev table %s is empty (delete the tables of a service without backends instead)", id)
 	}
 	for i, b := range table {
 		if b == 0 {
-			return fmt.Errorf("maglev table of service %d: slot %d holds backend ID 0, which is never allocated", id, i)
+			return fmt.Errorf("maglev table %s: slot %d holds backend ID 0, which is never allocated", id, i)
 		}
 	}
 	return nil
 }
 
 // newTable creates and fills an inner map for table.
-func (d *Datapath) newTable(id lb.ServiceID, table []lb.BackendID) (*ebpf.Map, error) {
+func (d *Datapath) newTable(id lb.TableID, table []lb.BackendID) (*ebpf.Map, error) {
 	spec := *d.inner
 	spec.MaxEntries = uint32(len(table))
 	m, err := ebpf.NewMap(&spec)
 	if err != nil {
 		if errors.Is(err, unix.EMFILE) {
-			return nil, fmt.Errorf("maglev table of service %d: create an inner map: %w (raise the agent's open-file limit, e.g. LimitNOFILE= in its systemd unit)", id, err)
+			return nil, fmt.Errorf("maglev table %s: create an inner map: %w (raise the agent's open-file limit, e.g. LimitNOFILE= in its systemd unit)", id, err)
 		}
-		return nil, fmt.Errorf("maglev table of service %d: create an inner map of %d slots: %w", id, len(table), err)
+		return nil, fmt.Errorf("maglev table %s: create an inner map of %d slots: %w", id, len(table), err)
 	}
 	if err := d.fillTable(m, table); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("maglev table of service %d: fill %d slots: %w", id, len(table), err)
+		return nil, fmt.Errorf("maglev table %s: fill %d slots: %w", id, len(table), err)
 	}
 	return m, nil
 }
 
 // fillTable writes every slot: through a memory mapping when the table
 // is BPF_F_MMAPABLE (one copy, no syscall per slot), else with one batch
-// syscall, else slot by slot.
+// syscall, else slot by slot. The flags are the map's own: a table made
+// by an older agent may not be mappable.
 func (d *Datapath) fillTable(m *ebpf.Map, table []lb.BackendID) error {
-	if d.inner.Flags&unix.BPF_F_MMAPABLE != 0 {
+	if m.Flags()&unix.BPF_F_MMAPABLE != 0 {
 		return fillMapped(m, table)
 	}
 	keys := d.slotKeys(len(table))
@@ -233,8 +288,9 @@ func (d *Datapath) fillTable(m *ebpf.Map, table []lb.BackendID) error {
 const arrayStride = 8
 
 // fillMapped writes the table through a shared mapping of the array,
-// unmapped again before the table is swapped in, so nothing in this
-// process can write to a table packets are reading.
+// unmapped again before the table is swapped in or used, so nothing in
+// this process can write to a table packets are reading. Each slot is
+// one aligned 32-bit store.
 func fillMapped(m *ebpf.Map, table []lb.BackendID) error {
 	size := mappedSize(len(table))
 	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)

@@ -70,7 +70,10 @@ func MapsSpec(sizes MapSizes) (*ebpf.CollectionSpec, error) {
 		}
 	}
 	set("weir_services", sizes.Services)
-	set("weir_maglev", sizes.Services)
+	if sizes.Services != 0 {
+		// Two tables (generations) per service ID.
+		spec.Maps["weir_maglev"].MaxEntries = 2 * sizes.Services
+	}
 	set("weir_service_stats", sizes.Services)
 	set("weir_frontends", sizes.Frontends)
 	set("weir_backends", sizes.Backends)

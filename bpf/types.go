@@ -33,7 +33,9 @@ type ServiceValue struct {
 	AffinityTimeout uint32 // seconds
 	Flags           uint16 // ServiceFlag* bits
 	Mode            uint8  // Mode* values
-	_               uint8
+	// TableGen picks the service's live Maglev table: weir_maglev key
+	// ServiceID<<1 | TableGen&1 (lb.TableID).
+	TableGen uint8
 }
 
 // BackendValue must match struct backend_value in bpf/include/types.h.

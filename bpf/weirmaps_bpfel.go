@@ -95,7 +95,7 @@ type weirMapsServiceValue struct {
 	AffinityTimeout uint32
 	Flags           uint16
 	Mode            uint8
-	Pad             uint8
+	TableGen        uint8
 }
 
 type weirMapsSnatKey struct {

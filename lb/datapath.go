@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -9,6 +10,26 @@ import (
 // service port share one, its internal frontends another. It owns a Maglev
 // table and its backends' IDs. Zero is never allocated.
 type ServiceID uint32
+
+// TableID names one of a ServiceID's two Maglev tables ("generations" 0
+// and 1): the service ID shifted left by one, the generation in bit 0, as
+// the datapath keys its map of tables. A service entry's TableGen says
+// which of the two its packets use; the other is the spare the next table
+// is written into, so that a change needs no swap of the live table.
+type TableID uint32
+
+// Table returns the ID of the service's table of generation gen (0 or 1;
+// higher bits are ignored).
+func (id ServiceID) Table(gen uint8) TableID { return TableID(id)<<1 | TableID(gen&1) }
+
+// Service returns the service the table belongs to.
+func (t TableID) Service() ServiceID { return ServiceID(t >> 1) }
+
+// Gen returns the table's generation, 0 or 1.
+func (t TableID) Gen() uint8 { return uint8(t & 1) }
+
+// String is "service/gen", e.g. "12/1".
+func (t TableID) String() string { return fmt.Sprintf("%d/%d", t.Service(), t.Gen()) }
 
 // FrontendID names one frontend address; it is the reverse-NAT index that
 // connection tracking and the socket hooks store to restore the address a
@@ -48,8 +69,12 @@ type ServiceEntry struct {
 	FrontendID FrontendID
 	// Backends is how many backends may take new flows. Zero makes the
 	// datapath reject new flows (TCP RST, ICMP unreachable, ECONNREFUSED).
-	Backends        uint32
+	Backends uint32
+	// TableSize and TableGen name the table the datapath picks from: the
+	// ServiceID's table of generation TableGen, TableSize slots. Both are
+	// in the one entry, so a write of the entry switches both at once.
 	TableSize       uint32
+	TableGen        uint8
 	Mode            Mode
 	Flags           ServiceFlags
 	AffinityTimeout time.Duration
@@ -83,10 +108,14 @@ type FrontendEntry struct {
 type Datapath interface {
 	UpsertBackend(BackendID, BackendEntry) error
 	DeleteBackend(BackendID) error
-	// UpsertMaglev replaces a service's table atomically: a packet sees the
-	// old table or the new one, never a mix.
-	UpsertMaglev(ServiceID, []BackendID) error
-	DeleteMaglev(ServiceID) error
+	// UpsertMaglev writes a table. A table that doesn't exist yet, or
+	// whose size changes, is swapped in whole: a packet sees the old table
+	// or the new one, never a mix. A table that keeps its size may be
+	// rewritten in place, slot by slot: callers write a table in place
+	// only when no service entry uses it (the spare generation), and then
+	// switch entries to it.
+	UpsertMaglev(TableID, []BackendID) error
+	DeleteMaglev(TableID) error
 	UpsertFrontend(FrontendID, FrontendEntry) error
 	DeleteFrontend(FrontendID) error
 	UpsertSourceRange(ServiceID, netip.Prefix) error
@@ -99,12 +128,13 @@ type Datapath interface {
 }
 
 // DatapathState is the content of the maps, as read by Dump. Maglev tables
-// are reported by their backend IDs in slot order.
+// are reported by their backend IDs in slot order; a service's live table
+// is Maglev[entry.ServiceID.Table(entry.TableGen)].
 type DatapathState struct {
 	Services     map[ServiceKey]ServiceEntry
 	Backends     map[BackendID]BackendEntry
 	Frontends    map[FrontendID]FrontendEntry
-	Maglev       map[ServiceID][]BackendID
+	Maglev       map[TableID][]BackendID
 	SourceRanges map[ServiceID][]netip.Prefix
 }
 
@@ -114,7 +144,7 @@ func NewDatapathState() *DatapathState {
 		Services:     map[ServiceKey]ServiceEntry{},
 		Backends:     map[BackendID]BackendEntry{},
 		Frontends:    map[FrontendID]FrontendEntry{},
-		Maglev:       map[ServiceID][]BackendID{},
+		Maglev:       map[TableID][]BackendID{},
 		SourceRanges: map[ServiceID][]netip.Prefix{},
 	}
 }
@@ -122,11 +152,11 @@ func NewDatapathState() *DatapathState {
 // MaglevBatcher is an optional extension of Datapath for datapaths whose
 // table swap has a fixed cost per call: the BPF datapath's kernel waits for
 // an RCU grace period (about 10 ms) after every write to the map of Maglev
-// tables, so 10k services one by one take minutes and in one batch well
-// under a second. Each service's swap stays atomic. On error some services
-// may have their new table and others the old one (or none, for a
-// delete); repeating the call is safe.
+// tables, so 10k new tables one by one take minutes and in one batch well
+// under a second. Each table is written as by UpsertMaglev. On error some
+// tables may have their new content and others the old one (or none, for
+// a delete); repeating the call is safe.
 type MaglevBatcher interface {
-	UpsertMaglevs(map[ServiceID][]BackendID) error
-	DeleteMaglevs([]ServiceID) error
+	UpsertMaglevs(map[TableID][]BackendID) error
+	DeleteMaglevs([]TableID) error
 }

@@ -15,15 +15,19 @@
 // Datapath is everything the reconciler needs from the maps: upserts and
 // deletes of backends, Maglev tables, frontends (reverse NAT), source
 // ranges and service keys, and Dump to read it all back. Writes are
-// idempotent and deleting a missing key succeeds. UpsertMaglev replaces a
-// table atomically. A datapath whose table swap has a fixed cost (the BPF
-// one waits for an RCU grace period) also implements MaglevBatcher; the
-// reconciler then swaps a Sync's tables in batches. The real datapath is
+// idempotent and deleting a missing key succeeds. Every ServiceID has two
+// Maglev tables (TableID: the ID and a generation, 0 or 1); a key's entry
+// names the one its packets use (TableGen, beside TableSize). UpsertMaglev
+// swaps a new or resized table in atomically and may rewrite a table of
+// the same size in place, so it is only ever called for a table no key
+// uses. A datapath whose table swap has a fixed cost (the BPF one waits
+// for an RCU grace period) also implements MaglevBatcher; the reconciler
+// then writes a Sync's tables in batches. The real datapath is
 // bpf.Datapath; lb/lbtest has an in-memory Fake and a fault-injecting
 // wrapper.
 //
 // A service becomes up to two views, each with a ServiceID, its backends'
-// BackendIDs and a Maglev table: the internal view (always; the socket
+// BackendIDs and two Maglev tables: the internal view (always; the socket
 // hooks' choice, InternalTableSize slots, InternalLocal filtering) and
 // the external view (when a frontend is external; XDP's choice, the
 // service's or the node's table size, ExternalLocal filtering, source
@@ -32,7 +36,7 @@
 // an entry whatever their state, so established flows keep theirs; only
 // usable ones fill the table: active with a weight, or if there are none,
 // terminating with a weight. With no usable backend the keys say
-// Backends=0 (the datapath rejects) and the view has no table.
+// Backends=0 (the datapath rejects) and the view has no tables.
 //
 // # Reconciler
 //
@@ -48,9 +52,15 @@
 //   - Make-before-break: per service, backends, then the table, then
 //     frontends, source ranges and keys; then stale keys, frontends,
 //     source ranges and backends; then stale tables. No write ever makes
-//     a reachable entry refer to a missing one. (Before a table shrinks,
-//     its keys first get the smaller size, so that no slot they pick is
-//     past the end of either table.)
+//     a reachable entry refer to a missing one.
+//   - Double-buffered tables: a view's new table goes into the generation
+//     no key uses (in place when its size is unchanged, which costs the
+//     BPF datapath no RCU grace period), then each key switches table and
+//     size in one write, so a packet never sees a mix of two tables nor a
+//     size that doesn't fit its table, whether the table grows or shrinks.
+//     A new view gets the same table in both generations, so its first
+//     change is already in place. If a failure left keys on both
+//     generations, they move to the live one before the other is written.
 //   - Bookkeeping after the write: an entry counts as applied only once
 //     its write succeeded; a failed write leaves it to be rewritten. IDs
 //     are owned from allocation until the delete of their entry succeeded,

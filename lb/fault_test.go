@@ -18,7 +18,11 @@ import (
 // address, a frontend by its address), so that two states that differ only
 // in ID assignment render the same. A failure can change which IDs are
 // free when, so after one the reconciler must converge to this form of a
-// clean run, not to its exact IDs.
+// clean run, not to its exact IDs. For the same reason table generations
+// are left out: a key shows the content of the table it uses, a table
+// used by a key is "live" with its content, any other is a "spare" whose
+// content is not shown (it may hold the previous table or a copy of the
+// live one, depending on which writes failed).
 func canonical(s *lb.DatapathState) string {
 	feLabel := func(id lb.FrontendID) string {
 		e, ok := s.Frontends[id]
@@ -45,11 +49,28 @@ func canonical(s *lb.DatapathState) string {
 		}
 		return view(e.ServiceID) + "|" + netip.AddrPortFrom(e.Addr, e.Port).String()
 	}
+	slots := func(id lb.TableID) string {
+		t, ok := s.Maglev[id]
+		if !ok {
+			return "missing"
+		}
+		h := fnv.New64a()
+		for _, be := range t {
+			fmt.Fprintln(h, beLabel(be))
+		}
+		return fmt.Sprintf("size=%d slots=%x", len(t), h.Sum64())
+	}
+	live := map[lb.TableID]bool{}
 	var lines []string
 	for k, e := range s.Services {
-		lines = append(lines, fmt.Sprintf("key %s/%s %s: view=%s fe=%s backends=%d table=%d mode=%s flags=%d aff=%s",
+		uses := "-"
+		if e.Backends > 0 {
+			tid := e.ServiceID.Table(e.TableGen)
+			live[tid], uses = true, slots(tid)
+		}
+		lines = append(lines, fmt.Sprintf("key %s/%s %s: view=%s fe=%s backends=%d table=%d (%s) mode=%s flags=%d aff=%s",
 			netip.AddrPortFrom(k.Addr, k.Port), k.Protocol, k.Scope, view(e.ServiceID), feLabel(e.FrontendID),
-			e.Backends, e.TableSize, e.Mode, e.Flags, e.AffinityTimeout))
+			e.Backends, e.TableSize, uses, e.Mode, e.Flags, e.AffinityTimeout))
 	}
 	for id, e := range s.Frontends {
 		lines = append(lines, fmt.Sprintf("frontend %s: view=%s %s %s %s", feLabel(id), view(e.ServiceID), e.Protocol, e.Scope, e.Kind))
@@ -57,12 +78,12 @@ func canonical(s *lb.DatapathState) string {
 	for id, e := range s.Backends {
 		lines = append(lines, fmt.Sprintf("backend %s: tunnel=%s weight=%d %s", beLabel(id), e.Tunnel, e.Weight, e.State))
 	}
-	for id, t := range s.Maglev {
-		h := fnv.New64a()
-		for _, be := range t {
-			fmt.Fprintln(h, beLabel(be))
+	for id := range s.Maglev {
+		if live[id] {
+			lines = append(lines, fmt.Sprintf("maglev %s live: %s", view(id.Service()), slots(id)))
+		} else {
+			lines = append(lines, fmt.Sprintf("maglev %s spare", view(id.Service())))
 		}
-		lines = append(lines, fmt.Sprintf("maglev %s: size=%d slots=%x", view(id), len(t), h.Sum64()))
 	}
 	for id, rs := range s.SourceRanges {
 		rs = slices.Clone(rs)

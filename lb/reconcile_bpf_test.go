@@ -21,13 +21,111 @@ import (
 // touches, are kept small.
 func bpfDatapath(tb testing.TB) *bpf.Datapath {
 	tb.Helper()
+	_, dp := bpfMapsAndDatapath(tb)
+	return dp
+}
+
+// bpfMapsAndDatapath is bpfDatapath that also returns the maps.
+func bpfMapsAndDatapath(tb testing.TB) (*bpf.Maps, *bpf.Datapath) {
+	tb.Helper()
 	root := testutil.BPFRoot(tb)
 	m, err := bpf.OpenMaps(root, bpf.MapSizes{CT: 1024, Affinity: 1024, SNAT: 1024, SockRevNat: 1024})
 	if err != nil {
 		tb.Fatalf("open maps under %s: %v", root, err)
 	}
 	tb.Cleanup(func() { _ = m.Close() })
-	return bpf.NewDatapath(m)
+	return m, bpf.NewDatapath(m)
+}
+
+// innerMaps returns the inner map ID behind every table.
+func innerMaps(tb testing.TB, m *bpf.Maps) map[lb.TableID]uint32 {
+	tb.Helper()
+	out := map[lb.TableID]uint32{}
+	var key, inner uint32
+	it := m.Maglev.Iterate()
+	for it.Next(&key, &inner) {
+		out[lb.TableID(key)] = inner
+	}
+	if err := it.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// TestBPFChangeRewritesInPlace: a backend change rewrites the spare table
+// in place (the same inner maps stay in weir_maglev: no outer-map write,
+// no RCU grace period) and the key switches to it; a new table size needs
+// a new inner map for the generation written.
+func TestBPFChangeRewritesInPlace(t *testing.T) {
+	m, dp := bpfMapsAndDatapath(t)
+	r := newReconciler(t, dp)
+	s := genService(1, 4)
+	r.Upsert(s)
+	mustSync(t, r)
+	inner := innerMaps(t, m)
+	if len(inner) != 2 {
+		t.Fatalf("a new service has %d tables, want 2: %v", len(inner), inner)
+	}
+	key := lb.ServiceKey{Addr: s.Frontends[0].Addr, Port: 80, Protocol: lb.TCP, Scope: lb.ScopeInternal}
+	gen := dumpOf(t, dp).Services[key].TableGen
+	for i := range 3 {
+		s.Backends[1].State = []lb.BackendState{lb.BackendTerminating, lb.BackendActive}[i%2]
+		r.Upsert(s)
+		mustSync(t, r)
+		if got := innerMaps(t, m); !maps.Equal(got, inner) {
+			t.Errorf("change %d replaced inner maps: %v, before %v", i, got, inner)
+		}
+		st := dumpOf(t, dp)
+		e := st.Services[key]
+		if e.TableGen == gen {
+			t.Errorf("change %d: the key stayed on generation %d", i, gen)
+		}
+		gen = e.TableGen
+		if err := lbtest.CheckState(st); err != nil {
+			t.Errorf("change %d: %v", i, err)
+		}
+		if n := countSlots(st.Maglev[e.ServiceID.Table(gen)], st, s.Backends[1].Addr); (n == 0) != (i%2 == 0) {
+			t.Errorf("change %d: the live table gives backend %s %d slots", i, s.Backends[1].Addr, n)
+		}
+	}
+
+	// A new size needs a new inner map in the generation written; the
+	// next change goes into the other one, still of the old size, so it
+	// needs one too; from then on changes are in place again.
+	s.Frontends[0].Scope, s.Frontends[0].Kind, s.MaglevTableSize = lb.ScopeExternal, lb.KindExternalIP, 251
+	r.Upsert(s)
+	mustSync(t, r)
+	ext := lb.ServiceKey{Addr: s.Frontends[0].Addr, Port: 80, Protocol: lb.TCP, Scope: lb.ScopeExternal}
+	for i, size := range []uint32{1021, 1021, 1021, 1021} {
+		s.MaglevTableSize = size
+		s.Backends[1].State = []lb.BackendState{lb.BackendActive, lb.BackendTerminating}[i%2]
+		before := innerMaps(t, m)
+		r.Upsert(s)
+		mustSync(t, r)
+		st := dumpOf(t, dp)
+		if err := lbtest.CheckState(st); err != nil {
+			t.Fatalf("resize step %d: %v", i, err)
+		}
+		e := st.Services[ext]
+		if e.TableSize != size || len(st.Maglev[e.ServiceID.Table(e.TableGen)]) != int(size) {
+			t.Fatalf("resize step %d: key %+v, table of %d slots", i, e, len(st.Maglev[e.ServiceID.Table(e.TableGen)]))
+		}
+		id := e.ServiceID.Table(e.TableGen)
+		if swapped := innerMaps(t, m)[id] != before[id]; swapped != (i < 2) {
+			t.Errorf("resize step %d: table %s swapped=%v, want %v", i, id, swapped, i < 2)
+		}
+	}
+}
+
+// countSlots counts the slots of table that hold the backend at addr.
+func countSlots(table []lb.BackendID, st *lb.DatapathState, addr netip.Addr) int {
+	n := 0
+	for _, id := range table {
+		if st.Backends[id].Addr == addr {
+			n++
+		}
+	}
+	return n
 }
 
 // emptyBPFDatapath returns dp after deleting everything a previous
@@ -54,6 +152,11 @@ func benchBPF(b *testing.B) {
 			emptyBPFDatapath(b, dp)
 		})
 	}
+	b.Run(benchName("change-latency", 10000), func(b *testing.B) {
+		dp := bpfDatapath(b)
+		benchChangeLatency(b, dp, 10000, 200)
+		emptyBPFDatapath(b, dp)
+	})
 }
 
 // TestGoldenBPF syncs every golden case into the real maps and into a

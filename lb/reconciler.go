@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -135,9 +136,10 @@ func NewReconciler(dp Datapath, opts ReconcilerOptions) (*Reconciler, error) {
 		claims:      map[ServiceKey]ServiceName{},
 		blocked:     map[ServiceKey]map[ServiceName]struct{}{},
 		waitsFor:    map[ServiceName][]ServiceKey{},
-		svcIDs:      newIDAllocator("service"),
-		feIDs:       newIDAllocator("frontend"),
-		beIDs:       newIDAllocator("backend"),
+		// A service ID shifted left by one names its tables (TableID).
+		svcIDs: newIDAllocator("service", math.MaxUint32>>1),
+		feIDs:  newIDAllocator("frontend", math.MaxUint32),
+		beIDs:  newIDAllocator("backend", math.MaxUint32),
 	}
 	state, err := dp.Dump()
 	if err != nil {

@@ -244,6 +244,7 @@ func (w *writer) keys(p *plan) error {
 				FrontendID:      fs.id,
 				Backends:        uint32(len(fv.usable)),
 				TableSize:       fv.tableSize,
+				TableGen:        vs.active,
 				Mode:            fv.mode,
 				Flags:           fv.flags,
 				AffinityTimeout: fv.affinityTimeout,

@@ -2,7 +2,9 @@ package lb_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/weir-lb/weir/lb"
 	"github.com/weir-lb/weir/lb/lbtest"
@@ -19,6 +21,9 @@ func BenchmarkReconcile(b *testing.B) {
 		})
 		b.Run("change/services=10000", func(b *testing.B) {
 			benchChange(b, lbtest.NewFake(), 10000)
+		})
+		b.Run("change-latency/services=10000", func(b *testing.B) {
+			benchChangeLatency(b, lbtest.NewFake(), 10000, 200)
 		})
 	})
 	b.Run("bpf", benchBPF)
@@ -79,6 +84,45 @@ func benchChange(b *testing.B, dp lb.Datapath, n int) {
 		i++
 	}
 	b.ReportMetric(float64(writes)/float64(max(i, 1)), "writes/op")
+}
+
+// benchChangeLatency times one-service changes one by one: each
+// iteration makes perOp changes as benchChange does (one backend of one
+// service flips between active and terminating, then a Sync) and the
+// benchmark reports the distribution of the single-change latencies over
+// all iterations: p50-ns, p99-ns and max-ns. ns/op is per perOp changes.
+func benchChangeLatency(b *testing.B, dp lb.Datapath, n, perOp int) {
+	all := genServices(n, 10)
+	r := newReconciler(b, dp)
+	r.Replace(all)
+	mustSync(b, r)
+	var lat []time.Duration
+	i := 0
+	for b.Loop() {
+		for range perOp {
+			s := all[i%n]
+			if s.Backends[0].State == lb.BackendActive {
+				s.Backends[0].State = lb.BackendTerminating
+			} else {
+				s.Backends[0].State = lb.BackendActive
+			}
+			start := time.Now()
+			r.Upsert(s)
+			res := mustSync(b, r)
+			lat = append(lat, time.Since(start))
+			if len(res.Updated) != 1 {
+				b.Fatalf("change %d: updated %v, want one service", i, res.Updated)
+			}
+			i++
+		}
+	}
+	slices.Sort(lat)
+	at := func(q float64) float64 {
+		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Nanoseconds())
+	}
+	b.ReportMetric(at(0.50), "p50-ns")
+	b.ReportMetric(at(0.99), "p99-ns")
+	b.ReportMetric(float64(lat[len(lat)-1].Nanoseconds()), "max-ns")
 }
 
 func benchName(what string, n int) string { return fmt.Sprintf("%s/services=%d", what, n) }

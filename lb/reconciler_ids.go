@@ -2,7 +2,6 @@ package lb
 
 import (
 	"fmt"
-	"math"
 	"slices"
 	"sort"
 )
@@ -17,13 +16,14 @@ type idRange struct{ lo, hi uint32 }
 // IDs from the maps costs memory in the number of gaps, not their width.
 type idAllocator struct {
 	kind  string    // for errors: "service", "frontend", "backend"
+	max   uint32    // the highest ID handed out
 	next  uint64    // every ID >= next is free; wider than an ID so it can't wrap
 	free  []idRange // sorted, disjoint, not adjacent, all below next
 	inUse int
 }
 
-func newIDAllocator(kind string) idAllocator {
-	return idAllocator{kind: kind, next: 1}
+func newIDAllocator(kind string, max uint32) idAllocator {
+	return idAllocator{kind: kind, max: max, next: 1}
 }
 
 func (a *idAllocator) alloc() (uint32, error) {
@@ -38,8 +38,8 @@ func (a *idAllocator) alloc() (uint32, error) {
 		a.inUse++
 		return id, nil
 	}
-	if a.next > math.MaxUint32 {
-		return 0, fmt.Errorf("all %d %s IDs are in use", uint32(math.MaxUint32), a.kind)
+	if a.next > uint64(a.max) {
+		return 0, fmt.Errorf("all %d %s IDs are in use", a.max, a.kind)
 	}
 	id := uint32(a.next)
 	a.next++

@@ -15,7 +15,7 @@ func mustAlloc(t *testing.T, a *idAllocator) uint32 {
 }
 
 func TestIDAllocatorLowestFree(t *testing.T) {
-	a := newIDAllocator("test")
+	a := newIDAllocator("test", math.MaxUint32)
 	for want := uint32(1); want <= 5; want++ {
 		if got := mustAlloc(t, &a); got != want {
 			t.Fatalf("alloc = %d, want %d", got, want)
@@ -42,7 +42,7 @@ func TestIDAllocatorLowestFree(t *testing.T) {
 }
 
 func TestIDAllocatorRestore(t *testing.T) {
-	a := newIDAllocator("test")
+	a := newIDAllocator("test", math.MaxUint32)
 	a.restore([]uint32{7, 3, 3, 0, 4})
 	if a.inUse != 3 {
 		t.Fatalf("inUse = %d, want 3", a.inUse)
@@ -55,7 +55,7 @@ func TestIDAllocatorRestore(t *testing.T) {
 }
 
 func TestIDAllocatorSparseRestoreAndExhaustion(t *testing.T) {
-	a := newIDAllocator("test")
+	a := newIDAllocator("test", math.MaxUint32)
 	a.restore([]uint32{math.MaxUint32}) // one gap of 2^32-2 IDs, one range
 	if len(a.free) != 1 {
 		t.Fatalf("free = %v, want one range", a.free)
@@ -67,7 +67,7 @@ func TestIDAllocatorSparseRestoreAndExhaustion(t *testing.T) {
 	if a.inUse != 1 {
 		t.Errorf("inUse = %d after releasing the top ID, want 1", a.inUse)
 	}
-	full := newIDAllocator("test")
+	full := newIDAllocator("test", math.MaxUint32)
 	full.next = math.MaxUint32 + 1
 	if _, err := full.alloc(); err == nil {
 		t.Error("alloc past 2^32-1 succeeded")

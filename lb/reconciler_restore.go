@@ -88,15 +88,17 @@ func (r *Reconciler) restore(s *DatapathState) {
 		}
 		v.backends[ap] = &backendState{id: id, key: ap.String(), entry: be, ok: true}
 	}
-	for id, slots := range s.Maglev {
+	for tid, slots := range s.Maglev {
+		id := tid.Service()
 		seenSIDs[id] = true
 		v := views[id]
 		if v == nil {
-			o.tables[id] = true
+			o.tables[tid] = true
 			continue
 		}
-		v.table = tableState{present: true, ok: true, size: uint32(len(slots)), hash: hashTable(slots)}
+		v.tables[tid.Gen()] = tableState{present: true, ok: true, size: uint32(len(slots)), hash: hashTable(slots)}
 	}
+	restoreActive(views, s.Services)
 	for id, prefixes := range s.SourceRanges {
 		seenSIDs[id] = true
 		v := views[id]
@@ -127,6 +129,35 @@ func (r *Reconciler) restore(s *DatapathState) {
 		r.log.Info("restored the applied state from the datapath",
 			"services", len(r.applied), "backends", len(s.Backends), "orphan keys", len(o.keys),
 			"orphan frontends", len(o.frontends), "orphan backends", len(o.backends), "orphan tables", len(o.tables))
+	}
+}
+
+// restoreActive sets each view's live generation from its keys: the
+// generation the first key with backends names whose table exists, else
+// the first key's, else a generation that has a table. Keys that name
+// another (a crash halfway through a switch) are rewritten by the next
+// Sync of their service.
+func restoreActive(views map[ServiceID]*viewState, keys map[ServiceKey]ServiceEntry) {
+	rank := map[ServiceID]int{} // how good the generation found so far is; 0: none
+	for _, k := range slices.SortedFunc(maps.Keys(keys), compareServiceKey) {
+		e := keys[k]
+		v := views[e.ServiceID]
+		if v == nil {
+			continue
+		}
+		gen := e.TableGen & 1
+		r := 1
+		if e.Backends > 0 && v.tables[gen].present {
+			r = 2
+		}
+		if r > rank[e.ServiceID] {
+			v.active, rank[e.ServiceID] = gen, r
+		}
+	}
+	for id, v := range views {
+		if rank[id] == 0 && !v.tables[0].present && v.tables[1].present {
+			v.active = 1
+		}
 	}
 }
 
@@ -201,7 +232,7 @@ func (r *Reconciler) prune(run *syncRun) error {
 	}
 	for _, id := range ids {
 		if err := errs[id]; err != nil {
-			return fmt.Errorf("prune orphan Maglev table of service ID %d: %w", id, err)
+			return fmt.Errorf("prune orphan Maglev table %s: %w", id, err)
 		}
 	}
 	for id := range o.serviceIDs {

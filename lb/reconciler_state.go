@@ -34,11 +34,14 @@ func (s *svcState) empty() bool {
 	return s.views[0] == nil && s.views[1] == nil && len(s.frontends) == 0 && len(s.keys) == 0
 }
 
-// viewState is one ServiceID: its backends, table and source ranges.
+// viewState is one ServiceID: its backends, its two tables and source
+// ranges. Keys are written with TableGen active: the generation of the
+// table last written (see writeTables).
 type viewState struct {
 	id       ServiceID
 	backends map[netip.AddrPort]*backendState
-	table    tableState
+	tables   [2]tableState // by generation
+	active   uint8
 	ranges   map[netip.Prefix]bool // value: confirmed
 }
 
@@ -47,7 +50,7 @@ func newViewState(id ServiceID, backends int) *viewState {
 }
 
 func (v *viewState) empty() bool {
-	return len(v.backends) == 0 && len(v.ranges) == 0 && !v.table.present
+	return len(v.backends) == 0 && len(v.ranges) == 0 && !v.tables[0].present && !v.tables[1].present
 }
 
 type backendState struct {
@@ -65,17 +68,17 @@ type frontendState struct {
 
 // keyState is a service key. Besides the confirmed entry it remembers the
 // last entry tried while unconfirmed: the map holds one of the two (or
-// neither), which matters when a table shrinks (see shrinkKeys).
+// neither), so either may name the table packets use (see tableUsers).
 type keyState struct {
 	entry ServiceEntry
 	ok    bool
 	tried ServiceEntry
 }
 
-// tableState describes a view's Maglev table. A table is compared by the
-// input that built it when known, else (after a restart) by a hash of its
-// slots, so an unchanged table is never rewritten and the bookkeeping
-// doesn't hold a copy of every table.
+// tableState describes one of a view's Maglev tables. A table is compared
+// by the input that built it when known, else (after a restart) by a hash
+// of its slots, so an unchanged table is never rewritten and the
+// bookkeeping doesn't hold a copy of every table.
 type tableState struct {
 	present bool // the map may hold a table for the view
 	ok      bool // size and hash describe the table in the map
@@ -101,7 +104,7 @@ type orphanState struct {
 	keys       map[ServiceKey]bool
 	frontends  map[FrontendID]bool
 	backends   map[BackendID]BackendEntry
-	tables     map[ServiceID]bool
+	tables     map[TableID]bool
 	ranges     map[ServiceID][]netip.Prefix
 	serviceIDs map[ServiceID]bool // to release once nothing of theirs is left
 }
@@ -111,7 +114,7 @@ func newOrphanState() *orphanState {
 		keys:       map[ServiceKey]bool{},
 		frontends:  map[FrontendID]bool{},
 		backends:   map[BackendID]BackendEntry{},
-		tables:     map[ServiceID]bool{},
+		tables:     map[TableID]bool{},
 		ranges:     map[ServiceID][]netip.Prefix{},
 		serviceIDs: map[ServiceID]bool{},
 	}

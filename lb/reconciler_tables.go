@@ -7,6 +7,35 @@ import (
 	"github.com/weir-lb/weir/maglev"
 )
 
+// Every view has two Maglev tables, generations 0 and 1 (TableID), and its
+// keys name the one packets use (TableGen, in the same entry as
+// TableSize). A new table is written into the generation no key uses, then
+// the keys switch to it. Each key write switches its table and size at
+// once, so a packet reads the old table with the old size or the new
+// table with the new size: growing and shrinking are as safe as any
+// change, and keys need no shrinking beforehand.
+//
+// Because no key uses the generation written, the datapath may rewrite it
+// in place when its size is unchanged. For the BPF datapath that avoids
+// swapping an inner map, whose RCU grace period (~10 ms) used to dominate
+// a one-backend change; the switch is a plain hash-map update. A view's
+// first table is written to both generations in the same batch (one grace
+// period for both), so that its first change is already in place.
+//
+// What the switch doesn't wait for: a program that read a key just before
+// it may still read the old table for the microseconds it runs. That
+// table is rewritten in place only by a later Sync (the runner keeps them
+// apart), but the backends only it names are deleted later in the same
+// Sync; such a program would find its backend gone and reject that one
+// new flow. A swap's grace period used to rule this out; the window is a
+// program's run time (XDP runs with preemption off; a socket hook might be
+// preempted), normally far shorter than the writes in between.
+//
+// A failure halfway through a switch can leave keys on both generations.
+// Before a table is written into a generation some key may still use,
+// those keys move back to the live table (moveKeys), so that the write
+// still goes into a table no key uses.
+
 // maxBatchSlots bounds the slots of the tables held for one batch swap
 // (16 MiB of backend IDs), so a full sync of many large tables doesn't
 // hold all of them in memory at once.
@@ -21,12 +50,14 @@ type tableWrite struct {
 	slots  []uint32 // built table
 	hash   uint64
 	err    error
+	gens   []uint8 // generations to write
+	flip   bool    // the keys switch to the first generation written
 }
 
 // writeTables writes the tables of the round's jobs that changed, after
 // all their backends are written: tables whose input didn't change are
 // skipped, the others built (concurrently for large rounds), and those
-// that differ from the map's swapped in, batched when the datapath can.
+// that differ from the map's written, batched when the datapath can.
 func (r *Reconciler) writeTables(jobs []*job) {
 	var pending []*tableWrite
 	slots := 0
@@ -49,8 +80,8 @@ func (r *Reconciler) writeTables(jobs []*job) {
 				bs := vs.backends[b.AddrPort()]
 				inputs = append(inputs, maglev.Backend{ID: uint32(bs.id), Key: bs.key, Weight: uint32(b.Weight)})
 			}
-			t := &vs.table
-			if t.ok && t.inputs != nil && t.size == fv.tableSize && slices.Equal(t.inputs, inputs) {
+			t := &vs.tables[vs.active]
+			if t.ok && t.inputs != nil && t.size == fv.tableSize && slices.Equal(t.inputs, inputs) && vs.tables[1-vs.active].ok {
 				continue
 			}
 			pending = append(pending, &tableWrite{j: j, vs: vs, size: fv.tableSize, inputs: inputs})
@@ -89,115 +120,190 @@ func (r *Reconciler) scratchSlots(n uint32) []uint32 {
 	return r.slots[:n]
 }
 
-// flushTables swaps in the built tables that differ from the map's. Until
-// a write is confirmed the view's table is unknown, so a failure leaves it
-// to be rewritten.
+// flushTables writes the built tables: a table that differs from the live
+// one goes into a generation no key uses, and a spare generation that is
+// missing or unknown is filled with the same table, when no key uses it.
+// Until a write is confirmed its table is unknown, so a failure leaves it
+// to be rewritten; the keys switch only to a table written.
 func (r *Reconciler) flushTables(pending []*tableWrite) {
-	tables := make(map[ServiceID][]BackendID, len(pending))
+	tables := make(map[TableID][]BackendID, 2*len(pending))
 	var written []*tableWrite
 	for _, tw := range pending {
 		if !tw.j.alive() {
 			continue
 		}
+		vs := tw.vs
 		if tw.err != nil {
-			tw.j.fail(fmt.Errorf("build the Maglev table of service ID %d: %w", tw.vs.id, tw.err))
+			tw.j.fail(fmt.Errorf("build the Maglev table of service ID %d: %w", vs.id, tw.err))
 			continue
 		}
-		t := &tw.vs.table
-		if t.ok && t.size == tw.size && t.hash == tw.hash {
+		w := &tw.j.w
+		if t := &vs.tables[vs.active]; t.ok && t.size == tw.size && t.hash == tw.hash {
 			t.inputs = tw.inputs // the same table (restored, or rebuilt): learn its input
-			continue
+		} else {
+			g, err := w.freeGen(vs)
+			if err != nil {
+				tw.j.fail(err)
+				continue
+			}
+			tw.gens, tw.flip = []uint8{g}, true
 		}
-		if err := tw.j.w.shrinkKeys(tw.vs, tw.size); err != nil {
-			tw.j.fail(err)
+		used := w.tableUsers(vs)
+		for _, g := range []uint8{1 - vs.active, vs.active} {
+			t := vs.tables[g]
+			if !t.ok && !(used[g] && t.present) && !slices.Contains(tw.gens, g) {
+				tw.gens = append(tw.gens, g)
+			}
+		}
+		if len(tw.gens) == 0 {
 			continue
 		}
 		ids := make([]BackendID, len(tw.slots))
 		for i, s := range tw.slots {
 			ids[i] = BackendID(s)
 		}
-		t.present, t.ok = true, false
-		tables[tw.vs.id] = ids
+		for _, g := range tw.gens {
+			vs.tables[g].present, vs.tables[g].ok = true, false
+			tables[vs.id.Table(g)] = ids
+		}
 		written = append(written, tw)
 	}
 	errs := r.upsertMaglevs(tables)
 	for _, tw := range written {
-		if err := errs[tw.vs.id]; err != nil {
-			tw.j.fail(fmt.Errorf("write the Maglev table of service ID %d (%d slots): %w", tw.vs.id, tw.size, err))
-			continue
+		vs := tw.vs
+		switched := !tw.flip
+		for _, g := range tw.gens {
+			id := vs.id.Table(g)
+			if err := errs[id]; err != nil {
+				tw.j.fail(fmt.Errorf("write Maglev table %s of service ID %d (%d slots): %w", id, vs.id, tw.size, err))
+				continue
+			}
+			vs.tables[g] = tableState{present: true, ok: true, size: tw.size, hash: tw.hash, inputs: tw.inputs}
+			if !switched {
+				// Both generations of a new view hold the same table:
+				// the keys may use whichever was written.
+				vs.active, switched = g, true
+			}
+			tw.j.w.wrote()
 		}
-		tw.vs.table = tableState{present: true, ok: true, size: tw.size, hash: tw.hash, inputs: tw.inputs}
-		tw.j.w.wrote()
 	}
 }
 
-// shrinkKeys prepares a view's keys for a table of size slots. The
-// datapath picks slot hash%TableSize of the key, and a slot past the end
-// of the table finds no backend; so before a smaller table replaces a
-// larger one, the keys get the smaller size (the larger table still covers
-// it). A growing table needs nothing: the old size fits in it. A key whose
-// last write failed may hold its confirmed entry or the one tried, so
-// either can call for the shrink; the entry written is that one with the
-// smaller size (what it refers to still exists: frontends and views go
-// only after their keys).
-func (w *writer) shrinkKeys(vs *viewState, size uint32) error {
-	base := func(ks *keyState) (ServiceEntry, bool) {
-		for _, e := range []ServiceEntry{ks.entry, ks.tried} {
-			if e.ServiceID == vs.id && e.TableSize > size {
-				return e, true
+// freeGen returns the generation a view's new table goes into: the spare,
+// unless some key may still use it (a switch that failed halfway) and the
+// live generation is the one no key uses. When keys use both, those on the
+// spare move to the live table first. A generation that has no table is
+// free whoever names it: writing it can only make a key's table appear.
+func (w *writer) freeGen(vs *viewState) (uint8, error) {
+	a := vs.active
+	order := [2]uint8{1 - a, a}
+	if !vs.tables[a].present {
+		// No live table (a new view, or one that had no usable
+		// backend): start with the active generation, 0 for a new view.
+		order = [2]uint8{a, 1 - a}
+	}
+	used := w.tableUsers(vs)
+	for _, g := range order {
+		if !used[g] || !vs.tables[g].present {
+			return g, nil
+		}
+	}
+	return 1 - a, w.moveKeys(vs, 1-a, a)
+}
+
+// tableUsers reports which of a view's tables packets may be reading: those
+// named by a key's confirmed entry or, while the key is unconfirmed, by
+// the entry last tried too (the map holds one of the two, or neither). A
+// key with no backends reads no table.
+func (w *writer) tableUsers(vs *viewState) (used [2]bool) {
+	for _, ks := range w.st.keys {
+		for _, e := range ks.candidates() {
+			if e.ServiceID == vs.id && e.Backends > 0 {
+				used[e.TableGen&1] = true
 			}
-			if ks.ok {
-				break
+		}
+	}
+	return used
+}
+
+// candidates are the entries the map may hold for a key.
+func (ks *keyState) candidates() []ServiceEntry {
+	if ks.ok {
+		return []ServiceEntry{ks.entry}
+	}
+	return []ServiceEntry{ks.entry, ks.tried}
+}
+
+// moveKeys switches the view's keys that may use table generation from to
+// generation to, whose table must be known (its size goes with it). The
+// entry written is the one naming from, with only the table changed: what
+// it refers to still exists, because frontends, source ranges and
+// backends go only after every key of the service was written.
+func (w *writer) moveKeys(vs *viewState, from, to uint8) error {
+	t := vs.tables[to]
+	if !t.present || !t.ok {
+		return fmt.Errorf("keys of service ID %d use both its Maglev tables and table %s is unknown (an inconsistent restore? restart the agent)", vs.id, vs.id.Table(to))
+	}
+	onFrom := func(ks *keyState) (ServiceEntry, bool) {
+		for _, e := range ks.candidates() {
+			if e.ServiceID == vs.id && e.Backends > 0 && e.TableGen&1 == from {
+				return e, true
 			}
 		}
 		return ServiceEntry{}, false
 	}
 	keep := func(k ServiceKey) bool {
-		_, shrink := base(w.st.keys[k])
-		return !shrink
+		_, move := onFrom(w.st.keys[k])
+		return !move
 	}
 	for _, k := range stale(w.st.keys, compareServiceKey, keep) {
 		ks := w.st.keys[k]
-		e, _ := base(ks)
-		e.TableSize = size
+		e, _ := onFrom(ks)
+		e.TableGen, e.TableSize = to, t.size
 		if err := w.writeKey(k, ks, e); err != nil {
-			return fmt.Errorf("shrink service key %s (%s) to a table of %d slots: %w", frontendIdent{k.Addr, k.Port, k.Protocol}, k.Scope, size, err)
+			return fmt.Errorf("move service key %s (%s) to Maglev table %s: %w", frontendIdent{k.Addr, k.Port, k.Protocol}, k.Scope, vs.id.Table(to), err)
 		}
 	}
 	return nil
 }
 
-// deleteTables deletes the tables of views that lost their usable
+// deleteTables deletes both tables of views that lost their usable
 // backends or went away, once the round's keys no longer point at them,
 // then releases the IDs of the views that are gone.
 func (r *Reconciler) deleteTables(jobs []*job) {
 	type del struct {
-		j  *job
-		vs *viewState
+		j   *job
+		vs  *viewState
+		gen uint8
 	}
 	var dels []del
-	var ids []ServiceID
+	var ids []TableID
 	for _, j := range jobs {
 		if !j.alive() {
 			continue
 		}
 		for scope, vs := range j.w.st.views {
-			if vs == nil || !vs.table.present {
+			if vs == nil {
 				continue
 			}
-			if fv := j.p.view(Scope(scope)); fv == nil || len(fv.usable) == 0 {
-				dels = append(dels, del{j, vs})
-				ids = append(ids, vs.id)
+			if fv := j.p.view(Scope(scope)); fv != nil && len(fv.usable) > 0 {
+				continue
+			}
+			for g := range uint8(2) {
+				if vs.tables[g].present {
+					dels = append(dels, del{j, vs, g})
+					ids = append(ids, vs.id.Table(g))
+				}
 			}
 		}
 	}
 	errs := r.deleteMaglevs(ids)
 	for _, d := range dels {
-		if err := errs[d.vs.id]; err != nil {
-			d.j.fail(fmt.Errorf("delete the Maglev table of service ID %d: %w", d.vs.id, err))
+		if err := errs[d.vs.id.Table(d.gen)]; err != nil {
+			d.j.fail(fmt.Errorf("delete Maglev table %s of service ID %d: %w", d.vs.id.Table(d.gen), d.vs.id, err))
 			continue
 		}
-		d.vs.table = tableState{}
+		d.vs.tables[d.gen] = tableState{}
 		d.j.w.wrote()
 	}
 	for _, j := range jobs {
@@ -216,9 +322,9 @@ func (r *Reconciler) deleteTables(jobs []*job) {
 
 // upsertMaglevs writes tables, in one batch when the datapath is a
 // MaglevBatcher and there are several; when a batch fails, it retries one
-// by one so that each failure is pinned on its service. It returns the
-// failures by service ID.
-func (r *Reconciler) upsertMaglevs(tables map[ServiceID][]BackendID) map[ServiceID]error {
+// by one so that each failure is pinned on its table. It returns the
+// failures by table.
+func (r *Reconciler) upsertMaglevs(tables map[TableID][]BackendID) map[TableID]error {
 	if b, ok := r.dp.(MaglevBatcher); ok && len(tables) > 1 {
 		err := b.UpsertMaglevs(tables)
 		if err == nil {
@@ -226,11 +332,11 @@ func (r *Reconciler) upsertMaglevs(tables map[ServiceID][]BackendID) map[Service
 		}
 		r.log.Warn("batch write of Maglev tables failed, retrying one by one", "tables", len(tables), "err", err)
 	}
-	var errs map[ServiceID]error
+	var errs map[TableID]error
 	for _, id := range sortedIDs(tables) {
 		if err := r.dp.UpsertMaglev(id, tables[id]); err != nil {
 			if errs == nil {
-				errs = map[ServiceID]error{}
+				errs = map[TableID]error{}
 			}
 			errs[id] = err
 		}
@@ -239,7 +345,7 @@ func (r *Reconciler) upsertMaglevs(tables map[ServiceID][]BackendID) map[Service
 }
 
 // deleteMaglevs is upsertMaglevs for deletes.
-func (r *Reconciler) deleteMaglevs(ids []ServiceID) map[ServiceID]error {
+func (r *Reconciler) deleteMaglevs(ids []TableID) map[TableID]error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -250,11 +356,11 @@ func (r *Reconciler) deleteMaglevs(ids []ServiceID) map[ServiceID]error {
 		}
 		r.log.Warn("batch delete of Maglev tables failed, retrying one by one", "tables", len(ids), "err", err)
 	}
-	var errs map[ServiceID]error
+	var errs map[TableID]error
 	for _, id := range ids {
 		if err := r.dp.DeleteMaglev(id); err != nil {
 			if errs == nil {
-				errs = map[ServiceID]error{}
+				errs = map[TableID]error{}
 			}
 			errs[id] = err
 		}
@@ -262,8 +368,8 @@ func (r *Reconciler) deleteMaglevs(ids []ServiceID) map[ServiceID]error {
 	return errs
 }
 
-func sortedIDs[V any](m map[ServiceID]V) []ServiceID {
-	ids := make([]ServiceID, 0, len(m))
+func sortedIDs[K ~uint32, V any](m map[K]V) []K {
+	ids := make([]K, 0, len(m))
 	for id := range m {
 		ids = append(ids, id)
 	}

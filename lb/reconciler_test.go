@@ -238,8 +238,8 @@ func TestScopeChangeKeepsFrontendID(t *testing.T) {
 	r.Upsert(s)
 	mustSync(t, r)
 	st, _ = fake.Dump()
-	if len(st.Services) != 1 || len(st.Maglev) != 1 || len(st.Backends) != 1 {
-		t.Errorf("the external view wasn't removed:\n%s", fake)
+	if len(st.Services) != 1 || len(st.Maglev) != 2 || len(st.Backends) != 1 {
+		t.Errorf("the external view wasn't removed (want the two tables of the internal view left):\n%s", fake)
 	}
 	checkFake(t, fake)
 	checkNoLeaks(t, r, fake)
@@ -381,12 +381,13 @@ func TestPlainDatapathWithoutBatches(t *testing.T) {
 	r := newReconciler(t, lbtest.Plain(fake))
 	r.Replace([]*lb.Service{genService(1, 3), genService(2, 3)})
 	mustSync(t, r)
-	if got := fake.CallCounts(); got[lbtest.UpsertMaglevs] != 0 || got[lbtest.UpsertMaglev] != 2 {
+	// Two services, two table generations each.
+	if got := fake.CallCounts(); got[lbtest.UpsertMaglevs] != 0 || got[lbtest.UpsertMaglev] != 4 {
 		t.Errorf("calls = %v, want single table writes on a plain datapath", got)
 	}
 	r.Replace(nil)
 	mustSync(t, r)
-	if got := fake.CallCounts(); got[lbtest.DeleteMaglevs] != 0 || got[lbtest.DeleteMaglev] != 2 {
+	if got := fake.CallCounts(); got[lbtest.DeleteMaglevs] != 0 || got[lbtest.DeleteMaglev] != 4 {
 		t.Errorf("calls = %v, want single table deletes on a plain datapath", got)
 	}
 }

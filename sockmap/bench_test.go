@@ -138,7 +138,7 @@ func benchVIP(i int) netip.AddrPort {
 // 251-slot table as the control plane writes for internal views.
 func addServices(tb testing.TB, dp *bpf.Datapath, from, to int, backend netip.AddrPort) {
 	tb.Helper()
-	tables := map[lb.ServiceID][]lb.BackendID{}
+	tables := map[lb.TableID][]lb.BackendID{}
 	for i := from; i < to; i++ {
 		id := uint32(i + 1)
 		if err := dp.UpsertBackend(lb.BackendID(id), lb.BackendEntry{
@@ -150,7 +150,7 @@ func addServices(tb testing.TB, dp *bpf.Datapath, from, to int, backend netip.Ad
 		for s := range table {
 			table[s] = lb.BackendID(id)
 		}
-		tables[lb.ServiceID(id)] = table
+		tables[lb.ServiceID(id).Table(0)] = table
 	}
 	if err := dp.UpsertMaglevs(tables); err != nil {
 		tb.Fatal(err)

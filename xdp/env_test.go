@@ -220,7 +220,7 @@ func writeService(tb testing.TB, dp *bpf.Datapath, s svc) {
 		}
 	}
 	if len(table) > 0 {
-		must(tb, dp.UpsertMaglev(s.ID, table))
+		must(tb, dp.UpsertMaglev(s.ID.Table(0), table))
 	}
 	fid := lb.FrontendID(s.ID)
 	must(tb, dp.UpsertFrontend(fid, lb.FrontendEntry{
@@ -249,7 +249,9 @@ func writeBackend(tb testing.TB, dp *bpf.Datapath, sid lb.ServiceID, b be) {
 }
 
 // setTable replaces a service's Maglev table (and its size in the service
-// entry when it changes).
+// entry when it changes). It writes table generation 0, which the service
+// entry uses: a swap when the size changes, else a rewrite in place (fine
+// for these tests, which send no packets during the write).
 func (e *testEnv) setTable(tb testing.TB, sid lb.ServiceID, ids ...lb.BackendID) {
 	tb.Helper()
 	writeTable(tb, e.dp, sid, ids...)
@@ -262,7 +264,7 @@ func writeTable(tb testing.TB, dp *bpf.Datapath, sid lb.ServiceID, ids ...lb.Bac
 	for i := range 13 {
 		table = append(table, ids[i%len(ids)])
 	}
-	must(tb, dp.UpsertMaglev(sid, table))
+	must(tb, dp.UpsertMaglev(sid.Table(0), table))
 }
 
 // drops reads the weir_drops counter of a reason, summed over CPUs.

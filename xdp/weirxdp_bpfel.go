@@ -102,7 +102,7 @@ type weirXDPServiceValue struct {
 	AffinityTimeout uint32
 	Flags           uint16
 	Mode            uint8
-	Pad             uint8
+	TableGen        uint8
 }
 
 type weirXDPSnatKey struct {

@@ -51,14 +51,16 @@ static __always_inline __u32 flow_hash(const struct pkt *p, int src_only)
  * or 0 when the service has no table. */
 static __always_inline __u32 maglev_pick(const struct service_value *svc, __u32 hash)
 {
-	__u32 sid = svc->service_id;
+	/* The live one of the service's two tables; table and size are read
+	 * once each, as they change together. */
+	__u32 key = weir_table_key(svc);
 	__u32 size = svc->table_size;
 	__u32 slot, *id;
 	void *tbl;
 
 	if (!size)
 		return 0;
-	tbl = bpf_map_lookup_elem(&weir_maglev, &sid);
+	tbl = bpf_map_lookup_elem(&weir_maglev, &key);
 	if (!tbl)
 		return 0;
 	slot = hash % size;

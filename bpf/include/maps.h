@@ -26,10 +26,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_backends SEC(".maps");
 
-/* Service ID -> Maglev table (array of backend IDs). Inner maps differ in
- * size per service (BPF_F_INNER_MAP); the agent fills a new inner map and
- * swaps it in with one update. BPF_F_MMAPABLE lets the agent fill a table
- * with one memcpy: 100x faster than element updates for 16381 slots. */
+/* (service ID << 1 | generation) -> Maglev table (array of backend IDs).
+ * Every service has two tables: the live one, named by the table_gen of
+ * its service entries, and a spare. The agent writes a new table into the
+ * spare (in place when the size is unchanged), then flips table_gen in the
+ * entries. Writing an element of this map makes the kernel wait for an RCU
+ * grace period (~10 ms) so that no program still reads the old inner map;
+ * rewriting an unreferenced spare in place and flipping a plain hash entry
+ * waits for nothing. Inner maps differ in size per service
+ * (BPF_F_INNER_MAP); a new size needs a new inner map and one update here.
+ * BPF_F_MMAPABLE lets the agent fill a table with one memcpy: 100x faster
+ * than element updates for 16381 slots. */
 struct weir_maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -40,11 +47,17 @@ struct weir_maglev_inner {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__uint(max_entries, WEIR_MAX_SERVICES);
+	__uint(max_entries, 2 * WEIR_MAX_SERVICES); /* two generations each */
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct weir_maglev_inner);
 } weir_maglev SEC(".maps");
+
+/* The weir_maglev key of the table a service entry uses. */
+static __always_inline __u32 weir_table_key(const struct service_value *svc)
+{
+	return (svc->service_id << 1) | (svc->table_gen & 1);
+}
 
 /* Frontend ID -> the frontend a client dialled (reverse NAT). */
 struct {

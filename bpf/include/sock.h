@@ -123,16 +123,18 @@ static __always_inline __u32 sock_affinity_lookup(const struct affinity_key *ak,
  * a uniform slot is a weighted backend choice. */
 static __always_inline __u32 sock_table_pick(const struct service_value *svc)
 {
-	__u32 service_id = svc->service_id;
+	/* Table and size are read once each: they change together. */
+	__u32 key = weir_table_key(svc);
+	__u32 size = svc->table_size;
 	__u32 slot, *id;
 	void *table;
 
-	if (!svc->table_size)
+	if (!size)
 		return 0;
-	table = bpf_map_lookup_elem(&weir_maglev, &service_id);
+	table = bpf_map_lookup_elem(&weir_maglev, &key);
 	if (!table)
 		return 0;
-	slot = bpf_get_prandom_u32() % svc->table_size;
+	slot = bpf_get_prandom_u32() % size;
 	id = bpf_map_lookup_elem(table, &slot);
 	return id ? *id : 0;
 }

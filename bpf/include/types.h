@@ -22,7 +22,10 @@ struct service_value {
 	__u32 affinity_timeout; /* seconds */
 	__u16 flags;
 	__u8 mode;
-	__u8 pad;
+	/* Which of the service's two Maglev tables is live (bit 0): see
+	 * weir_table_key. It shares the value with table_size, so one update
+	 * of the entry switches both at once. */
+	__u8 table_gen;
 };
 
 struct backend_value {

@@ -253,7 +253,7 @@ type MaglevShare struct {
 // maglevShares finds the external view of the frontend (or named service)
 // and counts each backend's slots.
 func maglevShares(st *lb.DatapathState, which string) ([]MaglevShare, error) {
-	var sid lb.ServiceID
+	var tid lb.TableID // the live table of the view
 	found := false
 	for key, e := range st.Services {
 		fe := st.Frontends[e.FrontendID]
@@ -263,14 +263,14 @@ func maglevShares(st *lb.DatapathState, which string) ([]MaglevShare, error) {
 		}
 		if frontendString(key.Addr, key.Port, key.Protocol) == which || name == which || fe.Service == which {
 			if !found || key.Scope == lb.ScopeExternal {
-				sid, found = e.ServiceID, true
+				tid, found = e.ServiceID.Table(e.TableGen), true
 			}
 		}
 	}
 	if !found {
 		return nil, fmt.Errorf("no programmed service matches %q (see `weir inspect services`)", which)
 	}
-	table := st.Maglev[sid]
+	table := st.Maglev[tid]
 	counts := map[lb.BackendID]int{}
 	for _, id := range table {
 		counts[id]++

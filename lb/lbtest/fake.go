@@ -41,7 +41,9 @@ func WriteMethods() []string {
 // Fake is an in-memory lb.Datapath and lb.MaglevBatcher (wrap it in Plain
 // to hide the batch methods). Like the maps, it stores what it is given
 // without judging it, except that it rejects ID 0 (never allocated) and
-// empty tables, so that a reconciler bug shows up as an error. Use NewFake.
+// empty tables, so that a reconciler bug shows up as an error. Like the
+// BPF datapath, it counts a table written over one of the same size as
+// rewritten in place (see CheckEveryWrite). Use NewFake.
 type Fake struct {
 	mu         sync.Mutex
 	st         *lb.DatapathState
@@ -62,7 +64,10 @@ func NewFake() *Fake {
 
 // CheckEveryWrite makes the Fake run Check after every successful write
 // and remember what it finds (see Violations): a test of make-before-break
-// ordering. It costs a full scan per write; use it on small states.
+// ordering. It also records every table rewritten in place (same size,
+// other content) while a service key with backends uses it: packets would
+// see a mix of the old and the new table. It costs a full scan per write;
+// use it on small states.
 func (f *Fake) CheckEveryWrite(on bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -165,45 +170,60 @@ func (f *Fake) DeleteBackend(id lb.BackendID) error {
 	})
 }
 
-func checkTable(id lb.ServiceID, table []lb.BackendID) error {
-	if err := nonZero("service", id); err != nil {
+func checkTable(id lb.TableID, table []lb.BackendID) error {
+	if err := nonZero("service", id.Service()); err != nil {
 		return err
 	}
 	if len(table) == 0 {
-		return fmt.Errorf("empty Maglev table for service %d (delete the table instead)", id)
+		return fmt.Errorf("empty Maglev table %s (delete the table instead)", id)
 	}
 	if slices.Contains(table, 0) {
-		return fmt.Errorf("a Maglev slot of service %d holds backend ID 0", id)
+		return fmt.Errorf("a Maglev slot of table %s holds backend ID 0", id)
 	}
 	return nil
 }
 
-func (f *Fake) UpsertMaglev(id lb.ServiceID, table []lb.BackendID) error {
+func (f *Fake) UpsertMaglev(id lb.TableID, table []lb.BackendID) error {
 	return f.write(UpsertMaglev, id, func() error {
 		if err := checkTable(id, table); err != nil {
 			return err
 		}
-		f.st.Maglev[id] = slices.Clone(table)
+		f.putTable(id, table)
 		return nil
 	})
 }
 
 // UpsertMaglevs writes all tables, or none when one is invalid.
-func (f *Fake) UpsertMaglevs(tables map[lb.ServiceID][]lb.BackendID) error {
+func (f *Fake) UpsertMaglevs(tables map[lb.TableID][]lb.BackendID) error {
 	return f.write(UpsertMaglevs, len(tables), func() error {
 		for id, t := range tables {
 			if err := checkTable(id, t); err != nil {
 				return err
 			}
 		}
-		for id, t := range tables {
-			f.st.Maglev[id] = slices.Clone(t)
+		for _, id := range slices.Sorted(maps.Keys(tables)) {
+			f.putTable(id, tables[id])
 		}
 		return nil
 	})
 }
 
-func (f *Fake) DeleteMaglevs(ids []lb.ServiceID) error {
+// putTable stores a table, recording a violation when CheckEveryWrite is
+// on and the write is an in-place rewrite of a table a key uses.
+func (f *Fake) putTable(id lb.TableID, table []lb.BackendID) {
+	if old, ok := f.st.Maglev[id]; f.checkEach && ok && len(old) == len(table) && !slices.Equal(old, table) {
+		for _, k := range slices.SortedFunc(maps.Keys(f.st.Services), compareKey) {
+			if e := f.st.Services[k]; e.Backends > 0 && e.ServiceID.Table(e.TableGen) == id {
+				f.violations = append(f.violations, fmt.Errorf("maglev table %s rewritten in place while service key %s %s uses it",
+					id, frontendString(k.Addr, k.Port, k.Protocol), k.Scope))
+				break
+			}
+		}
+	}
+	f.st.Maglev[id] = slices.Clone(table)
+}
+
+func (f *Fake) DeleteMaglevs(ids []lb.TableID) error {
 	return f.write(DeleteMaglevs, len(ids), func() error {
 		for _, id := range ids {
 			delete(f.st.Maglev, id)
@@ -212,7 +232,7 @@ func (f *Fake) DeleteMaglevs(ids []lb.ServiceID) error {
 	})
 }
 
-func (f *Fake) DeleteMaglev(id lb.ServiceID) error {
+func (f *Fake) DeleteMaglev(id lb.TableID) error {
 	return f.write(DeleteMaglev, id, func() error {
 		delete(f.st.Maglev, id)
 		return nil
@@ -294,7 +314,7 @@ func CloneState(s *lb.DatapathState) *lb.DatapathState {
 		Services:     maps.Clone(s.Services),
 		Backends:     maps.Clone(s.Backends),
 		Frontends:    maps.Clone(s.Frontends),
-		Maglev:       make(map[lb.ServiceID][]lb.BackendID, len(s.Maglev)),
+		Maglev:       make(map[lb.TableID][]lb.BackendID, len(s.Maglev)),
 		SourceRanges: make(map[lb.ServiceID][]netip.Prefix, len(s.SourceRanges)),
 	}
 	for id, t := range s.Maglev {

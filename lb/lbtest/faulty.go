@@ -140,14 +140,14 @@ func (f *Faulty) DeleteBackend(id lb.BackendID) error {
 	return f.inner.DeleteBackend(id)
 }
 
-func (f *Faulty) UpsertMaglev(id lb.ServiceID, t []lb.BackendID) error {
+func (f *Faulty) UpsertMaglev(id lb.TableID, t []lb.BackendID) error {
 	if err := f.check(UpsertMaglev, id, t); err != nil {
 		return err
 	}
 	return f.inner.UpsertMaglev(id, t)
 }
 
-func (f *Faulty) DeleteMaglev(id lb.ServiceID) error {
+func (f *Faulty) DeleteMaglev(id lb.TableID) error {
 	if err := f.check(DeleteMaglev, id); err != nil {
 		return err
 	}
@@ -205,7 +205,7 @@ func (f *Faulty) Dump() (*lb.DatapathState, error) {
 
 // UpsertMaglevs passes the batch on, as a batch when the wrapped datapath
 // takes one, else table by table.
-func (f *Faulty) UpsertMaglevs(tables map[lb.ServiceID][]lb.BackendID) error {
+func (f *Faulty) UpsertMaglevs(tables map[lb.TableID][]lb.BackendID) error {
 	ids := slices.Sorted(maps.Keys(tables))
 	if err := f.check(UpsertMaglevs, tables); err != nil {
 		for _, id := range ids[:len(ids)/2] {
@@ -225,7 +225,7 @@ func (f *Faulty) UpsertMaglevs(tables map[lb.ServiceID][]lb.BackendID) error {
 }
 
 // DeleteMaglevs is UpsertMaglevs for deletes.
-func (f *Faulty) DeleteMaglevs(ids []lb.ServiceID) error {
+func (f *Faulty) DeleteMaglevs(ids []lb.TableID) error {
 	sorted := slices.Sorted(slices.Values(ids))
 	if err := f.check(DeleteMaglevs, ids); err != nil {
 		for _, id := range sorted[:len(sorted)/2] {

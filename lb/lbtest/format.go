@@ -17,17 +17,19 @@ import (
 // gives "". Maglev tables are summarized by their size and the slots each
 // backend holds.
 //
-//	service 10.96.0.10:80/TCP internal: svc=1 fe=1 backends=2 table=251 mode=dsr flags=affinity affinity=10s
+//	service 10.96.0.10:80/TCP internal: svc=1 fe=1 backends=2 table=251 gen=0 mode=dsr flags=affinity affinity=10s
 //	frontend 1: svc=1 10.96.0.10:80/TCP internal ClusterIP default/web port=http
 //	backend 1: svc=1 10.0.0.1:8080 weight=1 active
-//	maglev 1: size=251 1:126 2:125
+//	maglev 1/0: size=251 1:126 2:125
 //	source-range 2: 192.168.0.0/16
+//
+// A maglev line names the table by service ID and generation (TableID).
 func Format(s *lb.DatapathState) string {
 	var b strings.Builder
 	for _, k := range slices.SortedFunc(maps.Keys(s.Services), compareKey) {
 		e := s.Services[k]
-		fmt.Fprintf(&b, "service %s %s: svc=%d fe=%d backends=%d table=%d mode=%s flags=%s",
-			frontendString(k.Addr, k.Port, k.Protocol), k.Scope, e.ServiceID, e.FrontendID, e.Backends, e.TableSize, e.Mode, flagsString(e.Flags))
+		fmt.Fprintf(&b, "service %s %s: svc=%d fe=%d backends=%d table=%d gen=%d mode=%s flags=%s",
+			frontendString(k.Addr, k.Port, k.Protocol), k.Scope, e.ServiceID, e.FrontendID, e.Backends, e.TableSize, e.TableGen, e.Mode, flagsString(e.Flags))
 		if e.AffinityTimeout != 0 {
 			fmt.Fprintf(&b, " affinity=%s", e.AffinityTimeout)
 		}
@@ -55,7 +57,7 @@ func Format(s *lb.DatapathState) string {
 		for _, be := range t {
 			counts[be]++
 		}
-		fmt.Fprintf(&b, "maglev %d: size=%d", id, len(t))
+		fmt.Fprintf(&b, "maglev %s: size=%d", id, len(t))
 		for _, be := range slices.Sorted(maps.Keys(counts)) {
 			fmt.Fprintf(&b, " %d:%d", be, counts[be])
 		}
@@ -116,10 +118,11 @@ func flagsString(f lb.ServiceFlags) string {
 // CheckState reports every reference a datapath lookup could follow that
 // doesn't resolve:
 //   - a service key whose frontend entry is missing;
-//   - a key with Backends > 0 whose Maglev table is missing or shorter
-//     than the key's TableSize (the datapath would pick slots past its
-//     end), or whose table has a slot naming a missing backend or a
-//     backend of another service ID;
+//   - a key with Backends > 0 whose Maglev table (its ServiceID's table
+//     of generation TableGen) is missing or shorter than the key's
+//     TableSize (the datapath would pick slots past its end), or whose
+//     table has a slot naming a missing backend or a backend of another
+//     service ID;
 //   - a key with FlagSourceRanges but no source range for its service ID.
 //
 // A table no key with Backends > 0 points at is unreachable, so it may
@@ -127,7 +130,7 @@ func flagsString(f lb.ServiceFlags) string {
 // make-before-break writer keeps all of this true after every write.
 func CheckState(s *lb.DatapathState) error {
 	var errs []error
-	reachable := map[lb.ServiceID]bool{}
+	reachable := map[lb.TableID]bool{}
 	for _, k := range slices.SortedFunc(maps.Keys(s.Services), compareKey) {
 		e := s.Services[k]
 		name := fmt.Sprintf("service key %s %s", frontendString(k.Addr, k.Port, k.Protocol), k.Scope)
@@ -135,13 +138,16 @@ func CheckState(s *lb.DatapathState) error {
 			errs = append(errs, fmt.Errorf("%s: frontend %d is missing", name, e.FrontendID))
 		}
 		if e.Backends > 0 {
-			switch t, ok := s.Maglev[e.ServiceID]; {
+			tid := e.ServiceID.Table(e.TableGen)
+			switch t, ok := s.Maglev[tid]; {
+			case e.TableGen > 1:
+				errs = append(errs, fmt.Errorf("%s: table generation %d (want 0 or 1)", name, e.TableGen))
 			case !ok:
-				errs = append(errs, fmt.Errorf("%s: %d backends but the Maglev table of service ID %d is missing", name, e.Backends, e.ServiceID))
+				errs = append(errs, fmt.Errorf("%s: %d backends but Maglev table %s is missing", name, e.Backends, tid))
 			case uint32(len(t)) < e.TableSize:
-				errs = append(errs, fmt.Errorf("%s: table size %d but the Maglev table of service ID %d has %d slots", name, e.TableSize, e.ServiceID, len(t)))
+				errs = append(errs, fmt.Errorf("%s: table size %d but Maglev table %s has %d slots", name, e.TableSize, tid, len(t)))
 			}
-			reachable[e.ServiceID] = true
+			reachable[tid] = true
 		}
 		if e.Flags&lb.FlagSourceRanges != 0 && len(s.SourceRanges[e.ServiceID]) == 0 {
 			errs = append(errs, fmt.Errorf("%s: flag source-ranges but service ID %d has no range", name, e.ServiceID))
@@ -153,12 +159,12 @@ func CheckState(s *lb.DatapathState) error {
 			switch e, ok := s.Backends[be]; {
 			case !ok:
 				bad[be] = "missing"
-			case e.ServiceID != id:
+			case e.ServiceID != id.Service():
 				bad[be] = fmt.Sprintf("of service ID %d", e.ServiceID)
 			}
 		}
 		for _, be := range slices.Sorted(maps.Keys(bad)) {
-			errs = append(errs, fmt.Errorf("maglev table %d: slot backend %d is %s", id, be, bad[be]))
+			errs = append(errs, fmt.Errorf("maglev table %s: slot backend %d is %s", id, be, bad[be]))
 		}
 	}
 	return errors.Join(errs...)

@@ -15,6 +15,8 @@ var (
 	key = lb.ServiceKey{Addr: netip.MustParseAddr("10.96.0.1"), Port: 80, Protocol: lb.TCP, Scope: lb.ScopeInternal}
 	fe  = lb.FrontendEntry{ServiceID: 1, Addr: key.Addr, Port: 80, Protocol: lb.TCP, Scope: lb.ScopeInternal, Service: "default/web", PortName: "http"}
 	be  = lb.BackendEntry{ServiceID: 1, Addr: netip.MustParseAddr("10.0.0.1"), Port: 8080, Tunnel: netip.MustParseAddr("10.0.0.1"), Weight: 1}
+	// Service 1's tables.
+	tbl0, tbl1 = lb.ServiceID(1).Table(0), lb.ServiceID(1).Table(1)
 )
 
 func must(t *testing.T, err error) {
@@ -28,7 +30,7 @@ func must(t *testing.T, err error) {
 func populate(t *testing.T, dp lb.Datapath) {
 	t.Helper()
 	must(t, dp.UpsertBackend(1, be))
-	must(t, dp.UpsertMaglev(1, []lb.BackendID{1, 1, 1}))
+	must(t, dp.UpsertMaglev(tbl0, []lb.BackendID{1, 1, 1}))
 	must(t, dp.UpsertFrontend(1, fe))
 	must(t, dp.UpsertService(key, lb.ServiceEntry{ServiceID: 1, FrontendID: 1, Backends: 1, TableSize: 3}))
 }
@@ -39,10 +41,10 @@ func TestFakeFormatAndCounts(t *testing.T) {
 		t.Fatalf("empty fake dumps %q", f.String())
 	}
 	populate(t, f)
-	want := `service 10.96.0.1:80/TCP internal: svc=1 fe=1 backends=1 table=3 mode=dsr flags=-
+	want := `service 10.96.0.1:80/TCP internal: svc=1 fe=1 backends=1 table=3 gen=0 mode=dsr flags=-
 frontend 1: svc=1 10.96.0.1:80/TCP internal ClusterIP default/web port=http
 backend 1: svc=1 10.0.0.1:8080 weight=1 active
-maglev 1: size=3 1:3
+maglev 1/0: size=3 1:3
 `
 	if got := f.String(); got != want {
 		t.Errorf("dump:\n%s\nwant:\n%s", got, want)
@@ -66,11 +68,12 @@ func TestFakeRejectsZeroIDs(t *testing.T) {
 	f := lbtest.NewFake()
 	for name, err := range map[string]error{
 		"backend 0":       f.UpsertBackend(0, be),
-		"maglev slot 0":   f.UpsertMaglev(1, []lb.BackendID{1, 0}),
-		"empty table":     f.UpsertMaglev(1, nil),
+		"maglev slot 0":   f.UpsertMaglev(tbl0, []lb.BackendID{1, 0}),
+		"empty table":     f.UpsertMaglev(tbl0, nil),
+		"table of svc 0":  f.UpsertMaglev(lb.ServiceID(0).Table(1), []lb.BackendID{1}),
 		"frontend svc 0":  f.UpsertFrontend(1, lb.FrontendEntry{}),
 		"service fe 0":    f.UpsertService(key, lb.ServiceEntry{ServiceID: 1}),
-		"batch with zero": f.UpsertMaglevs(map[lb.ServiceID][]lb.BackendID{1: {1}, 2: {0}}),
+		"batch with zero": f.UpsertMaglevs(map[lb.TableID][]lb.BackendID{tbl0: {1}, tbl1: {0}}),
 	} {
 		if err == nil {
 			t.Errorf("%s accepted", name)
@@ -93,11 +96,36 @@ func TestCheckStateFindsDanglingReferences(t *testing.T) {
 			t.Errorf("Check() = %v, want it to say %q", err, want)
 		}
 	}
+	// The key's generation names its table.
+	must(t, f.UpsertService(key, lb.ServiceEntry{ServiceID: 1, FrontendID: 1, Backends: 1, TableSize: 3, TableGen: 1}))
+	if err := f.Check(); err == nil || !strings.Contains(err.Error(), "Maglev table 1/1 is missing") {
+		t.Errorf("Check() = %v, want table 1/1 missing", err)
+	}
 	// Unreachable tables may dangle: a view being torn down.
 	must(t, f.UpsertService(key, lb.ServiceEntry{ServiceID: 1, FrontendID: 1}))
 	must(t, f.UpsertFrontend(1, fe))
 	if err := f.Check(); err != nil {
 		t.Errorf("unreachable table reported: %v", err)
+	}
+}
+
+// A table of unchanged size rewritten while a key uses it is a violation
+// (the BPF datapath would rewrite it in place, under the packets); the
+// spare generation, a new size or the same content are not.
+func TestCheckEveryWriteInPlace(t *testing.T) {
+	f := lbtest.NewFake()
+	populate(t, f)
+	f.CheckEveryWrite(true)
+	must(t, f.UpsertBackend(2, be))
+	must(t, f.UpsertMaglev(tbl1, []lb.BackendID{1, 2, 1}))
+	must(t, f.UpsertMaglev(tbl0, []lb.BackendID{1, 1, 1}))
+	must(t, f.UpsertMaglev(tbl0, []lb.BackendID{1, 1, 1, 1, 1}))
+	if err := f.Violations(); err != nil {
+		t.Fatalf("Violations() = %v, want none", err)
+	}
+	must(t, f.UpsertMaglevs(map[lb.TableID][]lb.BackendID{tbl0: {2, 2, 2, 2, 2}}))
+	if err := f.Violations(); err == nil || !strings.Contains(err.Error(), "maglev table 1/0 rewritten in place while service key 10.96.0.1:80/TCP internal uses it") {
+		t.Errorf("Violations() = %v, want the in-place rewrite of 1/0", err)
 	}
 }
 
@@ -148,12 +176,12 @@ func TestFaultyBatchAppliesHalf(t *testing.T) {
 	f := lbtest.NewFake()
 	x := lbtest.NewFaulty(lbtest.Plain(f))
 	x.FailMethod(lbtest.UpsertMaglevs, 1)
-	tables := map[lb.ServiceID][]lb.BackendID{1: {1}, 2: {1}, 3: {1}, 4: {1}}
+	tables := map[lb.TableID][]lb.BackendID{2: {1}, 3: {1}, 4: {1}, 5: {1}}
 	if err := x.UpsertMaglevs(tables); !errors.Is(err, lbtest.ErrInjected) {
 		t.Fatalf("UpsertMaglevs: %v", err)
 	}
 	st, _ := f.Dump()
-	if len(st.Maglev) != 2 || st.Maglev[1] == nil || st.Maglev[2] == nil {
+	if len(st.Maglev) != 2 || st.Maglev[2] == nil || st.Maglev[3] == nil {
 		t.Errorf("a failed batch wrote %v, want the first half", st.Maglev)
 	}
 	must(t, x.UpsertMaglevs(tables)) // the plain fake gets them one by one
