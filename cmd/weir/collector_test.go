@@ -194,7 +194,7 @@ func TestCountEntries(t *testing.T) {
 	dp := bpf.NewDatapath(m)
 	obsMust(t, dp.UpsertSourceRange(1, netip.MustParsePrefix("10.0.0.0/8")))
 	obsMust(t, dp.UpsertSourceRange(1, netip.MustParsePrefix("fd00::/8")))
-	obsMust(t, dp.UpsertMaglev(1, []lb.BackendID{101, 101, 101, 101, 101, 101, 101}))
+	obsMust(t, dp.UpsertMaglev(lb.ServiceID(1).Table(0), []lb.BackendID{101, 101, 101, 101, 101, 101, 101}))
 	for name, want := range map[string]int{"weir_source_ranges": 2, "weir_maglev": 1, "weir_services": 0} {
 		n, err := countEntries(m.All()[name])
 		if err != nil || n != want {
