@@ -33,6 +33,18 @@ func mustSync(tb testing.TB, r *lb.Reconciler) lb.SyncResult {
 	return res
 }
 
+// settle syncs until no Sync asks for another (a large round leaves the
+// spare table generations to the next one).
+func settle(tb testing.TB, r *lb.Reconciler) {
+	tb.Helper()
+	for range 3 {
+		if !mustSync(tb, r).Again {
+			return
+		}
+	}
+	tb.Fatal("Sync still asks for another after 3 rounds")
+}
+
 // checkFake fails the test when the fake's tables reference missing
 // entries, now or after any write so far.
 func checkFake(tb testing.TB, f *lbtest.Fake) {

@@ -70,6 +70,9 @@ type SyncResult struct {
 	Pruned int
 	// Writes counts datapath upserts and deletes that succeeded.
 	Writes int
+	// Again asks for another Sync soon: a large round left the spare
+	// Maglev table generations to it (see writeTables).
+	Again bool
 }
 
 // Reconciler programs the desired services into a Datapath. See the

@@ -41,6 +41,10 @@ import (
 // hold all of them in memory at once.
 const maxBatchSlots = 1 << 22
 
+// deferSparesAt is the round size from which spare table generations are
+// written by the next Sync instead of this one.
+const deferSparesAt = 256
+
 // tableWrite is a view whose table may need writing.
 type tableWrite struct {
 	j      *job
@@ -61,9 +65,14 @@ type tableWrite struct {
 func (r *Reconciler) writeTables(jobs []*job) {
 	var pending []*tableWrite
 	slots := 0
+	// A large round (a start, a resync after an outage) serves traffic
+	// sooner without the spare generations: each costs an inner map, about
+	// as much as the live one. They follow in the next Sync (SyncResult.Again);
+	// until then a service's first change pays one RCU wait.
+	deferSpares := len(jobs) >= deferSparesAt
 	flush := func() {
 		r.buildTables(pending)
-		r.flushTables(pending)
+		r.flushTables(pending, deferSpares)
 		pending, slots = nil, 0
 	}
 	for _, j := range jobs {
@@ -125,7 +134,7 @@ func (r *Reconciler) scratchSlots(n uint32) []uint32 {
 // missing or unknown is filled with the same table, when no key uses it.
 // Until a write is confirmed its table is unknown, so a failure leaves it
 // to be rewritten; the keys switch only to a table written.
-func (r *Reconciler) flushTables(pending []*tableWrite) {
+func (r *Reconciler) flushTables(pending []*tableWrite, deferSpares bool) {
 	tables := make(map[TableID][]BackendID, 2*len(pending))
 	var written []*tableWrite
 	for _, tw := range pending {
@@ -152,6 +161,10 @@ func (r *Reconciler) flushTables(pending []*tableWrite) {
 		for _, g := range []uint8{1 - vs.active, vs.active} {
 			t := vs.tables[g]
 			if !t.ok && !(used[g] && t.present) && !slices.Contains(tw.gens, g) {
+				if deferSpares && len(tw.gens) > 0 {
+					w.run.spares = append(w.run.spares, w.st.name)
+					continue
+				}
 				tw.gens = append(tw.gens, g)
 			}
 		}

@@ -477,3 +477,58 @@ func TestDualStackHalves(t *testing.T) {
 	}
 	checkNoLeaks(t, again, fake)
 }
+
+// A large round programs every service with its live table only and asks
+// for another Sync, which adds the spare generations without touching
+// what serves; a later change then has its spare ready.
+func TestLargeRoundDefersSpareTables(t *testing.T) {
+	fake := lbtest.NewFake()
+	fake.CheckEveryWrite(true)
+	r := newReconciler(t, fake)
+	var all []*lb.Service
+	for i := range 300 {
+		all = append(all, genService(i, 2))
+	}
+	r.Replace(all)
+	res := mustSync(t, r)
+	if !res.Again {
+		t.Fatal("a round of 300 services did not ask for another Sync")
+	}
+	st, err := fake.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Maglev) != 300 {
+		t.Fatalf("after the first Sync: %d tables, want one per service (300)", len(st.Maglev))
+	}
+	keysBefore := len(st.Services)
+
+	res = mustSync(t, r)
+	if res.Again {
+		t.Error("the follow-up Sync asked for yet another")
+	}
+	if len(res.Updated) != 300 {
+		t.Errorf("the follow-up Sync updated %d services, want all 300 (their spares)", len(res.Updated))
+	}
+	st, err = fake.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Maglev) != 600 || len(st.Services) != keysBefore {
+		t.Fatalf("after the follow-up: %d tables (want 600), %d keys (want %d)", len(st.Maglev), len(st.Services), keysBefore)
+	}
+	checkFake(t, fake)
+
+	// Both generations exist, so a change writes the spare and flips.
+	s := genService(7, 2)
+	s.Backends = s.Backends[:1]
+	r.Upsert(s)
+	fake.ResetCounts()
+	mustSync(t, r)
+	st, _ = fake.Dump()
+	if len(st.Maglev) != 600 {
+		t.Errorf("a change created or dropped tables: %d", len(st.Maglev))
+	}
+	checkFake(t, fake)
+	checkNoLeaks(t, r, fake)
+}

@@ -352,6 +352,9 @@ func (a *agent) sync() error {
 		a.log.Error("sync failed; will retry", "err", retry)
 		return retry
 	}
+	if res.Again {
+		a.runner.Request()
+	}
 	a.status.metrics.applied(start, time.Now(), len(res.Updated)+len(res.Deleted))
 	if res.Writes > 0 {
 		a.log.Info("synced", "updated", len(res.Updated), "deleted", len(res.Deleted), "writes", res.Writes, "took", time.Since(start))
