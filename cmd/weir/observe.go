@@ -21,6 +21,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/weir-lb/weir/bpf"
 	"github.com/weir-lb/weir/lb"
@@ -46,6 +47,9 @@ type EventView struct {
 	Service string `json:"service,omitempty"`
 	Backend string `json:"backend,omitempty"` // new flows: the chosen backend's addr:port
 	Lost    uint64 `json:"lost,omitempty"`
+	// With --kubeconfig: the pods behind the client and the backend.
+	ClientPod  *PodRef `json:"client_pod,omitempty"`
+	BackendPod *PodRef `json:"backend_pod,omitempty"`
 
 	// For the filters.
 	src, dst, backend netip.Addr
@@ -339,6 +343,7 @@ type observeOptions struct {
 	count                               int
 	timeout                             time.Duration
 	backlog                             bool
+	kubeconfig                          string
 }
 
 func observeFlags(o *observeOptions) *pflag.FlagSet {
@@ -351,6 +356,7 @@ func observeFlags(o *observeOptions) *pflag.FlagSet {
 	fs.StringSliceVar(&o.addresses, "address", nil, "only events whose client, frontend or backend address is this address or in this CIDR")
 	fs.IntVar(&o.count, "count", 0, "exit after this many events (0: until interrupted)")
 	fs.DurationVar(&o.timeout, "timeout", 0, "exit after this long (0: until interrupted)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "label events with the client's and backend's pods, from this cluster's Pods")
 	fs.BoolVar(&o.backlog, "backlog", false, "also print the events buffered before weir observe started (the ring buffer keeps them until read)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: weir observe [--service S] [--reason R] [--type drop|new-flow] [--address A] [-o json] [--bpf-root DIR]\n\n"+
@@ -398,7 +404,23 @@ func runObserve(ctx context.Context, args []string) error {
 		<-ctx.Done()
 		_ = rd.Close() // interrupts Read
 	}()
+	var pods *podIndex
+	if o.kubeconfig != "" {
+		cfg, err := kubeRESTConfig(o.kubeconfig)
+		if err != nil {
+			return err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		pods = newPodIndex()
+		if err := pods.watchPods(ctx, client); err != nil {
+			return err
+		}
+	}
 	ob := &observer{
+		pods:    pods,
 		rd:      rd,
 		lost:    maps.EventsLost,
 		names:   newMapNames(maps),
@@ -412,6 +434,7 @@ func runObserve(ctx context.Context, args []string) error {
 
 // observer is one run of `weir observe`.
 type observer struct {
+	pods    *podIndex // nil without --kubeconfig
 	rd      *ringbuf.Reader
 	lost    *ebpf.Map // weir_events_lost; nil from an older agent
 	names   eventNames
@@ -450,6 +473,9 @@ func (o *observer) run() error {
 				continue // buffered before we started
 			}
 			v := eventView(&ev, boot.Add(time.Duration(ev.Timestamp)), o.names)
+			if o.pods != nil {
+				o.pods.annotate(&v)
+			}
 			if !o.filter.match(&v) {
 				continue
 			}
