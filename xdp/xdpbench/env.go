@@ -32,7 +32,7 @@ type env struct {
 	// nextNewFlow and nextFill are where the next new-flow scenario's
 	// and the next conntrack fill's flow numbers start (see prepare).
 	nextNewFlow, nextFill uint64
-	nextFlows            uint32
+	nextFlows             uint32
 	closer
 }
 
@@ -220,8 +220,8 @@ type bench struct {
 	flows   int // 0: a new flow per packet
 	tmpl    []byte
 	counter *ebpf.Map
-	prog  *ebpf.Program
-	base  *ebpf.Program
+	prog    *ebpf.Program
+	base    *ebpf.Program
 	// warm packets establish the scenario's flows before measuring.
 	warm int
 	closer
