@@ -31,6 +31,16 @@
 // harness, so ratios compare like with like; the xdp-tx scenario, a bare
 // XDP_TX program, shows what the harness itself costs.
 //
+// # State
+//
+// Conntrack is a 512k-entry LRU map, as an agent's. Before every scenario
+// that uses it, the program runs as many new flows as it holds (twice when
+// the environment is new), and each scenario establishes flows no earlier
+// scenario used: every scenario meets a full map whose entries are
+// scattered over its memory, the steady state of a busy node, whatever
+// ran before it. (Flows established into an empty map, or that outlived
+// an earlier scenario, measured up to 2.5x apart on this machine class.)
+//
 // # Scenarios
 //
 // ScenarioNames lists them; scenarios.go says what each measures. The

@@ -29,10 +29,11 @@ type env struct {
 	// fillTime is how long writing the services took, ctFillTime filling
 	// conntrack.
 	fillTime, ctFillTime time.Duration
-	// nextNewFlow and nextFill are where the next new-flow scenario's
-	// and the next conntrack fill's flow numbers start (see prepare).
-	nextNewFlow, nextFill uint64
+	// nextFlows, nextNewFlow and nextFill are where the flow numbers of
+	// the next established scenario, new-flow scenario and conntrack
+	// fill start (see the constants below).
 	nextFlows             uint32
+	nextNewFlow, nextFill uint64
 	closer
 }
 
@@ -203,11 +204,11 @@ func checkDrops(sc scenario, before, after map[bpf.Reason]uint64, n uint64) erro
 }
 
 // Flow numbers: the harness makes a packet's 5-tuple from 32 bits of
-// its counter, so each source of new flows gets a range of its own and
-// a "new" flow is never one conntrack has seen: established scenarios
-// cycle below maxFlows (2^24), every new-flow scenario of an environment
-// starts at its own multiple of newFlowSpan, and the conntrack fill at
-// fillFlows.
+// its counter, so each source of flows gets a range of its own and no
+// scenario meets another's flows: an established scenario cycles through
+// its own block of maxFlows (2^24) below newFlowSpan, every new-flow
+// scenario of an environment starts at its own multiple of newFlowSpan,
+// and the conntrack fills count up from fillFlows.
 const (
 	newFlowSpan = 1 << 27
 	fillFlows   = uint64(1) << 31
