@@ -208,6 +208,19 @@ func (e *kpEnv) runProxy(name string, n int, o kpOptions) (r KubeProxyResult, er
 		}
 		ts, _ := m.get("kubeproxy_sync_proxy_rules_last_timestamp_seconds")
 		r.ProgramSeconds = ts - unixSecondsOf(start)
+		// kube-proxy sets the timestamp inside the sync and observes its
+		// duration when the sync returns: wait for that.
+		err = poll(e.ctx, time.Minute, name+": the first sync's duration", func() (bool, error) {
+			var err error
+			if m, err = scrape(c, metricsURL); err != nil {
+				return false, err
+			}
+			n, _ := m.get("kubeproxy_sync_proxy_rules_duration_seconds_count")
+			return n >= 1, nil
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
 		r.SyncSeconds, _ = m.get("kubeproxy_sync_proxy_rules_duration_seconds_sum")
 
 		// One change, after the proxies' minimum sync period (kube-proxy:
@@ -376,7 +389,7 @@ func writeKubeProxyTable(w io.Writer, rs []KubeProxyResult) error {
 			q := r.Ratios[k]
 			cell := func(name string) string {
 				if v, ok := q[name]; ok {
-					return fmt.Sprintf("%.2fx", v)
+					return fmt.Sprintf("%.3gx", v)
 				}
 				return "-"
 			}

@@ -38,12 +38,11 @@ type env struct {
 }
 
 // newEnv builds the environment; on error what it made is gone.
-func newEnv(ctx context.Context, net *network, runDir string, o Options, n, ip int, proto uint8) (e *env, err error) {
-	e = &env{net: net, opts: o, n: n, ip: ip, proto: proto, nextNewFlow: newFlowSpan}
+func newEnv(ctx context.Context, net *network, runDir string, o Options, n, ip int, proto uint8) (_ *env, err error) {
+	e := &env{net: net, opts: o, n: n, ip: ip, proto: proto, nextNewFlow: newFlowSpan}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, e.close())
-			e = nil
 		}
 	}()
 	dir := filepath.Join(runDir, fmt.Sprintf("s%d-ipv%d-%s", n, ip, protoName(proto)))
@@ -231,12 +230,11 @@ type bench struct {
 // prepare builds the programs for sc on frames of size bytes over flows
 // flows. target is the program the harness hands packets to (the program
 // under test in test-run mode; XDP_TX for the live generator).
-func (e *env) prepare(sc scenario, size, flows int, target *ebpf.Program) (b *bench, err error) {
-	b = &bench{sc: sc, flows: flows}
+func (e *env) prepare(sc scenario, size, flows int, target *ebpf.Program) (_ *bench, err error) {
+	b := &bench{sc: sc, flows: flows}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, b.close())
-			b = nil
 		}
 	}()
 	dstBase := vipBase4

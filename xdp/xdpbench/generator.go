@@ -49,7 +49,7 @@ type Generator struct {
 }
 
 // NewGenerator loads a generator.
-func NewGenerator(cfg GeneratorConfig) (g *Generator, err error) {
+func NewGenerator(cfg GeneratorConfig) (_ *Generator, err error) {
 	if cfg.Proto == "" {
 		cfg.Proto = "udp"
 	}
@@ -66,11 +66,10 @@ func NewGenerator(cfg GeneratorConfig) (g *Generator, err error) {
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = DefaultBatchSize
 	}
-	g = &Generator{cfg: cfg}
+	g := &Generator{cfg: cfg}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, g.close())
-			g = nil
 		}
 	}()
 	size := max(cfg.Size, MinFrameSize(4, proto))

@@ -51,12 +51,11 @@ type sink struct {
 	link     link.Link
 }
 
-func newSink(n *network) (s *sink, err error) {
-	s = &sink{}
+func newSink(n *network) (_ *sink, err error) {
+	s := &sink{}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.close())
-			s = nil
 		}
 	}()
 	if s.counters, err = ebpf.NewMap(&ebpf.MapSpec{Name: "weir_bench_snk", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 2}); err != nil {

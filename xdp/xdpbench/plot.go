@@ -94,6 +94,16 @@ func plotData(results []Result, po PlotOptions) (po2 PlotOptions, ss []series, e
 	if po.X == "flows" {
 		otherName = "services"
 	}
+	// The other dimension is named only when one scenario has lines for
+	// several values of it (new-flow's flows=0 says nothing).
+	otherVaries := false
+	for _, a := range keys {
+		for _, b := range keys {
+			if a.scenario == b.scenario && a.other != b.other {
+				otherVaries = true
+			}
+		}
+	}
 	for _, k := range keys {
 		label := []string{k.scenario}
 		if differs(func(k key) string { return string(k.mode) }) {
@@ -105,7 +115,7 @@ func plotData(results []Result, po PlotOptions) (po2 PlotOptions, ss []series, e
 		if differs(func(k key) string { return strconv.Itoa(k.size) }) {
 			label = append(label, fmt.Sprintf("%dB", k.size))
 		}
-		if differs(func(k key) string { return strconv.Itoa(k.other) }) {
+		if otherVaries {
 			label = append(label, fmt.Sprintf("%s=%d", otherName, k.other))
 		}
 		pts := groups[k]

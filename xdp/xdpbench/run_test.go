@@ -52,3 +52,21 @@ func TestRunTestRunSmoke(t *testing.T) {
 		}
 	}
 }
+
+// TestRunObject benchmarks an object file as another program: Weir's own
+// committed object, which declares the shared maps, so the service
+// scenarios run against it; its verdicts are reported, not checked.
+func TestRunObject(t *testing.T) {
+	rs := runSmall(t, Options{Object: "../weirxdp_bpfel.o", Program: "weir_xdp", Services: []int{1},
+		Scenarios: []string{ScenarioEstablished, ScenarioSourceRangeDeny}, IPs: []int{4}, Protos: []string{"udp"},
+		Flows: []int{16}, Packets: 20000, Runs: 1})
+	if len(rs) != 2 {
+		t.Fatalf("%d results, want 2", len(rs))
+	}
+	if rs[0].Program != "weirxdp_bpfel.o:weir_xdp" || rs[0].Verdicts["tx"] != sampleSize || rs[1].Verdicts["drop"] != sampleSize {
+		t.Errorf("results: %+v %+v", rs[0], rs[1])
+	}
+	if _, err := Run(context.Background(), Options{Object: "../weirxdp_bpfel.o", Program: "weir_xdp", Scenarios: []string{ScenarioPolicyStage}}); err == nil {
+		t.Error("a stage scenario ran against another object")
+	}
+}

@@ -27,7 +27,7 @@ type Setup struct {
 }
 
 // NewSetup builds an environment. It needs root.
-func NewSetup(ctx context.Context, so SetupOptions) (s *Setup, err error) {
+func NewSetup(ctx context.Context, so SetupOptions) (_ *Setup, err error) {
 	o := Options{Services: []int{max(so.Services, 1)}, Backends: so.Backends, TableSize: so.TableSize, Object: so.Object, Program: so.Program}
 	if so.IP != 0 {
 		o.IPs = []int{so.IP}
@@ -42,7 +42,7 @@ func NewSetup(ctx context.Context, so SetupOptions) (s *Setup, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the XDP benchmark creates network namespaces and loads BPF programs: run it as root")
 	}
-	s = &Setup{weirMaps: true}
+	s := &Setup{weirMaps: true}
 	if o.Object != "" {
 		spec, err := objectSpec(o.Object, o.Program)
 		if err != nil {
@@ -53,7 +53,6 @@ func NewSetup(ctx context.Context, so SetupOptions) (s *Setup, err error) {
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.Close())
-			s = nil
 		}
 	}()
 	if s.net, err = newNetwork(); err != nil {
@@ -64,8 +63,10 @@ func NewSetup(ctx context.Context, so SetupOptions) (s *Setup, err error) {
 		return nil, err
 	}
 	proto, _ := parseProto(o.Protos[0])
-	s.env, err = newEnv(ctx, s.net, dir, o, o.Services[0], o.IPs[0], proto)
-	return s, err
+	if s.env, err = newEnv(ctx, s.net, dir, o, o.Services[0], o.IPs[0], proto); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Case prepares the named scenario on frames of size bytes over flows

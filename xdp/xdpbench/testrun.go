@@ -24,7 +24,7 @@ type Case struct {
 }
 
 // newCase sets the environment up for sc and prepares it.
-func (e *env) newCase(ctx context.Context, sc scenario, size, flows int) (c *Case, err error) {
+func (e *env) newCase(ctx context.Context, sc scenario, size, flows int) (_ *Case, err error) {
 	if err := e.setup(ctx, sc); err != nil {
 		return nil, err
 	}
@@ -32,11 +32,10 @@ func (e *env) newCase(ctx context.Context, sc scenario, size, flows int) (c *Cas
 	if err != nil {
 		return nil, err
 	}
-	c = &Case{e: e, b: b}
+	c := &Case{e: e, b: b}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, c.Close())
-			c = nil
 		}
 	}()
 	if b.warm > 0 {

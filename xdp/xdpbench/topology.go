@@ -51,13 +51,12 @@ func randomSuffix() string {
 }
 
 // newNetwork creates the namespaces. On error, what was created is gone.
-func newNetwork() (n *network, err error) {
+func newNetwork() (_ *network, err error) {
 	t := topo.New(fmt.Sprintf("weir-bench-%s-", randomSuffix()))
-	n = &network{topo: t}
+	n := &network{topo: t}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, t.Close())
-			n = nil
 		}
 	}()
 	if n.node, err = t.Host("node"); err != nil {
