@@ -32,13 +32,29 @@ import (
 //   - frontends: ClusterIP frontends `weir inspect services` then lists;
 //   - scrape-ms: one GET of the agent's /metrics (per-service and
 //     per-backend series);
+//   - initial-ms: the informers' caches synced until the end of the sync
+//     that programmed every service (the agent's since-caches-synced);
 //   - change-p50-ms / change-p99-ms: one EndpointSlice update (one endpoint
-//     address replaced), from just before the API write to the end of the
-//     agent's sync that programmed it (its "msg=synced" log line, 1 ms
-//     resolution), one loop iteration per change;
+//     address replaced) written right after the previous change's sync,
+//     from just before the API write to the end of the agent's sync that
+//     programmed it (its "msg=synced" log line, 1 ms resolution); such a
+//     change waits for --min-sync-period since the previous sync began;
+//   - apply-p50-ms / apply-p99-ms: the same changes from the agent's
+//     informer receiving the event to the end of that sync, as the agent
+//     measures it (change-latency in the synced line; the histogram
+//     weir_change_apply_duration_seconds). The update also sets the
+//     slice's last-change-trigger-time to the write time, as the
+//     EndpointSlice controller would, which feeds
+//     kubeproxy_network_programming_duration_seconds;
+//   - single-change-* and single-apply-*: the same for a change written
+//     alone, 250 ms after the previous sync (every other iteration);
+//   - heap-MiB: the Go heap in use at the scrape (go_memstats_heap_inuse_bytes);
 //   - rss-MiB: the agent's VmRSS after all that.
 //
-// Nothing is asserted about the numbers. Run it alone:
+// Nothing is asserted about the numbers. WEIR_K8S_SCALE_LOG=FILE keeps a
+// copy of the agent's log; WEIR_K8S_SCALE_PPROF=ADDR (e.g.
+// 127.0.0.1:6060, inside the node's netns) starts its pprof server.
+// Run it alone:
 //
 //	go test -run '^$' -bench K8sScale -benchtime 50x -timeout 30m ./e2e
 func BenchmarkK8sScale(b *testing.B) {
@@ -96,35 +112,50 @@ func BenchmarkK8sScale(b *testing.B) {
 
 	// One scrape of /metrics: its cost grows with services and backends.
 	scrapeStart := time.Now()
-	if code, _, err := scaleGetTimeout(node, "127.0.0.1:9963", "/metrics", 2*time.Minute); err != nil || code != 200 {
+	code, metrics, err := scaleGetTimeout(node, "127.0.0.1:9963", "/metrics", 2*time.Minute)
+	if err != nil || code != 200 {
 		b.Fatalf("agent /metrics: %d %v", code, err)
 	}
 	scrapeMS := float64(time.Since(scrapeStart).Milliseconds())
+	heapMiB := metricValue(metrics, "go_memstats_heap_inuse_bytes") / (1 << 20)
 
 	// Change latency is read from the agent's log ("msg=synced" lines,
 	// millisecond timestamps), not from /metrics: polling a scrape that
 	// big would load the two CPUs the agent runs on.
-	var lat []time.Duration
+	// Every other change comes alone: 250 ms after the last sync, more
+	// than --min-sync-period (default 10 ms), so no rate limit applies; the
+	// others follow the previous sync at once, as fast as the API allows.
+	var alone, rapid changeSamples
 	api := c.Client.DiscoveryV1().EndpointSlices("scale")
 	i := 0
 	for b.Loop() {
 		svc := svcs[i%len(svcs)]
 		i++
+		samples := &rapid
+		if i%2 == 1 {
+			samples = &alone
+			time.Sleep(250 * time.Millisecond)
+		}
 		s, err := api.Get(ctx, svc.Name+"-1", metav1.GetOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}
 		// A fresh address each time, so every update is a real change.
 		s.Endpoints[0].Addresses = []string{fmt.Sprintf("10.245.%d.%d", (i/250)%250, i%250+1)}
-		before := len(syncTimes(b, agent.log))
+		before := len(syncLines(b, agent.log))
 		written := time.Now()
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		s.Annotations[corev1.EndpointsLastChangeTriggerTime] = written.UTC().Format(time.RFC3339Nano)
 		if _, err := api.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			b.Fatal(err)
 		}
 		deadline := written.Add(30 * time.Second)
 		for {
-			if st := syncTimes(b, agent.log); len(st) > before {
-				lat = append(lat, st[before].Sub(written))
+			if st := syncLines(b, agent.log); len(st) > before {
+				samples.api = append(samples.api, st[before].at.Sub(written))
+				samples.agent = append(samples.agent, st[before].changeLatency)
 				break
 			}
 			if time.Now().After(deadline) {
@@ -137,13 +168,19 @@ func BenchmarkK8sScale(b *testing.B) {
 	b.ReportMetric(createS, "create-s")
 	b.ReportMetric(readyS, "ready-s")
 	b.ReportMetric(float64(frontends), "frontends")
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		b.ReportMetric(ms(lat[len(lat)/2]), "change-p50-ms")
-		b.ReportMetric(ms(lat[(len(lat)*99)/100]), "change-p99-ms")
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	if st := syncLines(b, agent.log); len(st) > 0 {
+		for _, l := range st {
+			if l.sinceCachesSynced > 0 {
+				b.ReportMetric(ms(l.sinceCachesSynced), "initial-ms")
+				break
+			}
+		}
 	}
+	rapid.report(b, "change", "apply")
+	alone.report(b, "single-change", "single-apply")
 	b.ReportMetric(scrapeMS, "scrape-ms")
+	b.ReportMetric(heapMiB, "heap-MiB")
 	b.ReportMetric(float64(vmRSS(b, agent.cmd.Process.Pid))/1024, "rss-MiB")
 }
 
@@ -211,9 +248,13 @@ func startScaleAgent(tb testing.TB, bin string, node *testutil.Netns, kubeconfig
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := node.Host.Command(bin, "agent", "--kubeconfig", kubeconfig, "--node-name", k8sNodeName,
+	args := []string{"agent", "--kubeconfig", kubeconfig, "--node-name", k8sNodeName,
 		"--devices", "eth0", "--xdp-mode", "generic", "--cgroup-root", cgroup, "--bpf-root", bpfRoot,
-		"--sync-period", "1h", "--metrics-bind-address", "127.0.0.1:9963", "--healthz-bind-address", "127.0.0.1:10256")
+		"--sync-period", "1h", "--metrics-bind-address", "127.0.0.1:9963", "--healthz-bind-address", "127.0.0.1:10256"}
+	if addr := os.Getenv("WEIR_K8S_SCALE_PPROF"); addr != "" {
+		args = append(args, "--pprof-address", addr)
+	}
+	cmd := node.Host.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start agent: %v", err)
@@ -229,6 +270,11 @@ func startScaleAgent(tb testing.TB, bin string, node *testutil.Netns, kubeconfig
 			<-done
 		}
 		logf.Close()
+		if keep := os.Getenv("WEIR_K8S_SCALE_LOG"); keep != "" {
+			if b, err := os.ReadFile(logPath); err == nil {
+				_ = os.WriteFile(keep, b, 0o644)
+			}
+		}
 		if out, err := exec.Command(bin, "cleanup", "--bpf-root", bpfRoot).CombinedOutput(); err != nil {
 			tb.Errorf("weir cleanup %s: %v: %s", bpfRoot, err, out)
 		}
@@ -246,14 +292,41 @@ type scaleAgent struct {
 	log string
 }
 
-// syncTimes returns the times of the agent's "msg=synced" log lines.
-func syncTimes(tb testing.TB, logPath string) []time.Time {
+// changeSamples are change latencies: from before the API write, and
+// the agent's own from the informer event.
+type changeSamples struct{ api, agent []time.Duration }
+
+// report reports their p50 and p99 as NAME-p50-ms and NAME-p99-ms.
+func (c changeSamples) report(b *testing.B, apiName, agentName string) {
+	for _, m := range []struct {
+		d    []time.Duration
+		name string
+	}{{c.api, apiName}, {c.agent, agentName}} {
+		if len(m.d) == 0 {
+			continue
+		}
+		slices.Sort(m.d)
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		b.ReportMetric(ms(m.d[len(m.d)/2]), m.name+"-p50-ms")
+		b.ReportMetric(ms(m.d[(len(m.d)*99)/100]), m.name+"-p99-ms")
+	}
+}
+
+// syncLine is one of the agent's "msg=synced" log lines.
+type syncLine struct {
+	at                time.Time     // its timestamp (1 ms resolution)
+	changeLatency     time.Duration // its change-latency
+	sinceCachesSynced time.Duration // its since-caches-synced
+}
+
+// syncLines returns the agent's "msg=synced" log lines.
+func syncLines(tb testing.TB, logPath string) []syncLine {
 	tb.Helper()
 	b, err := os.ReadFile(logPath)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var out []time.Time
+	var out []syncLine
 	for line := range strings.SplitSeq(string(b), "\n") {
 		if !strings.Contains(line, " msg=synced ") {
 			continue
@@ -263,9 +336,34 @@ func syncTimes(tb testing.TB, logPath string) []time.Time {
 		if err != nil {
 			tb.Fatalf("agent log line %q: %v", line, err)
 		}
-		out = append(out, t)
+		out = append(out, syncLine{at: t, changeLatency: logDuration(line, "change-latency"),
+			sinceCachesSynced: logDuration(line, "since-caches-synced")})
 	}
 	return out
+}
+
+// logDuration is the duration attribute key of a log line, zero when
+// absent.
+func logDuration(line, key string) time.Duration {
+	_, v, ok := strings.Cut(line, " "+key+"=")
+	if !ok {
+		return 0
+	}
+	v, _, _ = strings.Cut(v, " ")
+	d, _ := time.ParseDuration(v)
+	return d
+}
+
+// metricValue is the value of an unlabelled series in a Prometheus text
+// exposition, zero when absent.
+func metricValue(exposition, name string) float64 {
+	for line := range strings.SplitSeq(exposition, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
 
 func scaleGet(node *testutil.Netns, addr, path string) (int, string, error) {

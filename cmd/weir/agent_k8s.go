@@ -140,7 +140,9 @@ func (a *agent) startKube(ctx context.Context, errc chan<- error) error {
 		ServiceProxyName:   a.opts.serviceProxyName,
 		ResyncPeriod:       15 * time.Minute,
 		OnHealthCheckPorts: hcs.update,
+		OnChange:           func(c k8s.Change) { a.status.metrics.changeReceived(c, time.Now()) },
 	}, kubeSink{a}, a.log)
+	a.status.metrics.triggeredByKubernetes()
 
 	a.status.mu.Lock()
 	a.status.configErr = func() error {

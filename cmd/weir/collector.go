@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/weir-lb/weir/bpf"
 )
@@ -66,17 +68,39 @@ func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	failed := map[string]bool{}
-	snap, errs := readStats(c.maps)
+	snap, names, errs := readStatsAndNames(c.maps)
 	for name := range errs {
 		failed[name] = true
 	}
+	// The registry sorts every family's series by their label values,
+	// in label-name order (backend, scope, service); handed over in that
+	// order, its sort of 100k backends is a linear check instead of the
+	// costliest step of a scrape.
+	sort.Slice(snap.Services, func(i, j int) bool {
+		a, b := snap.Services[i], snap.Services[j]
+		return a.Scope < b.Scope || a.Scope == b.Scope && a.Service < b.Service
+	})
 	for _, s := range snap.Services {
 		counter(c.svcPackets, s.Packets, s.Service, s.Scope)
 		counter(c.svcBytes, s.Bytes, s.Service, s.Scope)
 	}
+	sort.Slice(snap.Backends, func(i, j int) bool {
+		a, b := snap.Backends[i], snap.Backends[j]
+		if a.Backend != b.Backend {
+			return a.Backend < b.Backend
+		}
+		return a.Scope < b.Scope || a.Scope == b.Scope && a.Service < b.Service
+	})
 	for _, b := range snap.Backends {
-		counter(c.bePackets, b.Packets, b.Service, b.Scope, b.Backend)
-		counter(c.beBytes, b.Bytes, b.Service, b.Scope, b.Backend)
+		// One label set for both series, built without the per-series
+		// checks of NewConstMetric: the registry checks them anyway.
+		labels := []*dto.LabelPair{
+			{Name: proto.String("backend"), Value: proto.String(b.Backend)},
+			{Name: proto.String("scope"), Value: proto.String(b.Scope)},
+			{Name: proto.String("service"), Value: proto.String(b.Service)},
+		}
+		ch <- counterSeries{c.bePackets, labels, float64(b.Packets)}
+		ch <- counterSeries{c.beBytes, labels, float64(b.Bytes)}
 	}
 	for _, d := range snap.Drops {
 		counter(c.drops, d.Packets, d.Reason)
@@ -86,7 +110,6 @@ func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.eventsLost, snap.EventsLost)
 	}
 
-	names, _ := readServiceNames(c.maps) // a failure is already in errs
 	ct, ctErr := conntrackSummary(c.maps.CT, names)
 	if ctErr != nil {
 		failed["weir_ct"] = true
@@ -133,6 +156,22 @@ func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.scrapeDuration, time.Since(start).Seconds())
 }
 
+// counterSeries is a counter with ready-made label pairs, sorted by
+// name as the Desc's variable labels are.
+type counterSeries struct {
+	desc   *prometheus.Desc
+	labels []*dto.LabelPair
+	value  float64
+}
+
+func (m counterSeries) Desc() *prometheus.Desc { return m.desc }
+
+func (m counterSeries) Write(out *dto.Metric) error {
+	out.Label = m.labels
+	out.Counter = &dto.Counter{Value: proto.Float64(m.value)}
+	return nil
+}
+
 // countable reports whether a map's entries can be counted: hashes and
 // tries. Arrays are always full, a ring buffer holds bytes, socket
 // storage can't be listed.
@@ -156,12 +195,7 @@ type serviceName struct {
 // map: the one place the datapath keeps names.
 func readServiceNames(m *bpf.Maps) (map[uint32]serviceName, error) {
 	names := map[uint32]serviceName{}
-	var (
-		id uint32
-		fv bpf.FrontendValue
-	)
-	it := m.Frontends.Iterate()
-	for it.Next(&id, &fv) {
+	err := batchWalk(m.Frontends, func(_ *uint32, fv *bpf.FrontendValue) {
 		n := fv.ServiceName()
 		if p := fv.PortNameString(); p != "" {
 			n += ":" + p
@@ -171,8 +205,8 @@ func readServiceNames(m *bpf.Maps) (map[uint32]serviceName, error) {
 			scope = "internal"
 		}
 		names[fv.ServiceID] = serviceName{Name: n, Scope: scope}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return names, fmt.Errorf("read map weir_frontends: %w", err)
 	}
 	return names, nil
@@ -212,6 +246,28 @@ type dropStats struct {
 // readStats reads every counter. A map that can't be read is reported in
 // the error map (by map name) and left out; the rest is still returned.
 func readStats(m *bpf.Maps) (*statsSnapshot, map[string]error) {
+	snap, _, errs := readStatsAndNames(m)
+	sort.Slice(snap.Services, func(i, j int) bool {
+		a, b := snap.Services[i], snap.Services[j]
+		return a.Service < b.Service || a.Service == b.Service && a.Scope < b.Scope
+	})
+	sort.Slice(snap.Backends, func(i, j int) bool {
+		a, b := snap.Backends[i], snap.Backends[j]
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		if a.Scope != b.Scope {
+			return a.Scope < b.Scope
+		}
+		return a.Backend < b.Backend
+	})
+	return snap, errs
+}
+
+// readStatsAndNames is readStats, unsorted, that also returns the
+// service names it read. Maps are read in batches: a scrape at 100k backends makes tens
+// of syscalls, not hundreds of thousands.
+func readStatsAndNames(m *bpf.Maps) (*statsSnapshot, map[uint32]serviceName, map[string]error) {
 	errs := map[string]error{}
 	snap := &statsSnapshot{Services: []serviceStats{}, Backends: []backendStats{}, Drops: []dropStats{}}
 	names, err := readServiceNames(m)
@@ -220,11 +276,18 @@ func readStats(m *bpf.Maps) (*statsSnapshot, map[string]error) {
 	}
 
 	svcs := map[serviceName]*serviceStats{}
+	var maxID uint32
+	for id := range names {
+		maxID = max(maxID, id)
+	}
+	svcStats, err := sumStatsUpTo(m.ServiceStats, maxID)
+	if err != nil {
+		errs["weir_service_stats"] = err
+	}
 	for id, n := range names {
-		st, err := sumStats(m.ServiceStats, id)
-		if err != nil {
-			errs["weir_service_stats"] = err
-			break
+		var st bpf.TrafficStats
+		if int(id) < len(svcStats) {
+			st = svcStats[id]
 		}
 		s := svcs[n]
 		if s == nil {
@@ -237,23 +300,32 @@ func readStats(m *bpf.Maps) (*statsSnapshot, map[string]error) {
 	for _, s := range svcs {
 		snap.Services = append(snap.Services, *s)
 	}
-	sort.Slice(snap.Services, func(i, j int) bool {
-		a, b := snap.Services[i], snap.Services[j]
-		return a.Service < b.Service || a.Service == b.Service && a.Scope < b.Scope
-	})
 
 	type beKey struct{ service, scope, backend string }
-	bes := map[beKey]*backendStats{}
+	type backend struct {
+		id uint32
+		bv bpf.BackendValue
+	}
 	var (
-		bid uint32
-		bv  bpf.BackendValue
+		backends []backend
+		maxBID   uint32
 	)
-	it := m.Backends.Iterate()
-	for it.Next(&bid, &bv) {
-		st, err := sumStats(m.BackendStats, bid)
-		if err != nil {
-			errs["weir_backend_stats"] = err
-			break
+	if err := batchWalk(m.Backends, func(id *uint32, bv *bpf.BackendValue) {
+		backends = append(backends, backend{*id, *bv})
+		maxBID = max(maxBID, *id)
+	}); err != nil {
+		errs["weir_backends"] = fmt.Errorf("read map weir_backends: %w", err)
+	}
+	beStats, err := sumStatsUpTo(m.BackendStats, maxBID)
+	if err != nil {
+		errs["weir_backend_stats"] = err
+	}
+	bes := make(map[beKey]*backendStats, len(backends))
+	for _, be := range backends {
+		bv := &be.bv
+		var st bpf.TrafficStats
+		if int(be.id) < len(beStats) {
+			st = beStats[be.id]
 		}
 		n := names[bv.ServiceID]
 		k := beKey{n.Name, n.Scope, netip.AddrPortFrom(bv.Addr.IP(), bv.Port.Host()).String()}
@@ -265,22 +337,10 @@ func readStats(m *bpf.Maps) (*statsSnapshot, map[string]error) {
 		b.Packets += st.Packets
 		b.Bytes += st.Bytes
 	}
-	if err := it.Err(); err != nil {
-		errs["weir_backends"] = err
-	}
+	snap.Backends = make([]backendStats, 0, len(bes))
 	for _, b := range bes {
 		snap.Backends = append(snap.Backends, *b)
 	}
-	sort.Slice(snap.Backends, func(i, j int) bool {
-		a, b := snap.Backends[i], snap.Backends[j]
-		if a.Service != b.Service {
-			return a.Service < b.Service
-		}
-		if a.Scope != b.Scope {
-			return a.Scope < b.Scope
-		}
-		return a.Backend < b.Backend
-	})
 
 	for _, r := range bpf.Reasons() {
 		if r == bpf.ReasonNone {
@@ -301,7 +361,69 @@ func readStats(m *bpf.Maps) (*statsSnapshot, map[string]error) {
 		}
 		snap.EventsLost = n
 	}
-	return snap, errs
+	return snap, names, errs
+}
+
+// sumStatsUpTo sums the per-CPU counters of keys 0 to last of a per-CPU
+// array, read in batches (key by key where the kernel has no batch
+// operations). A key the map doesn't hold reads as zero.
+func sumStatsUpTo(m *ebpf.Map, last uint32) ([]bpf.TrafficStats, error) {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, err
+	}
+	n := int(min(last, m.MaxEntries()-1)) + 1
+	out := make([]bpf.TrafficStats, n)
+	keys := make([]uint32, min(batchSize, n))
+	vals := make([]bpf.TrafficStats, len(keys)*ncpu)
+	var cursor ebpf.MapBatchCursor
+	for read := 0; read < n; {
+		got, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i, k := range keys[:got] {
+			if int(k) < n {
+				out[k] = sumCPUs(vals[i*ncpu : (i+1)*ncpu])
+			}
+		}
+		read += got
+		if errors.Is(err, ebpf.ErrKeyNotExist) || got == 0 && err == nil {
+			return out, nil
+		}
+		if err != nil {
+			if read == 0 {
+				return sumStatsByKeys(m, out)
+			}
+			return out, fmt.Errorf("read map %s: %w", mapName(m), err)
+		}
+	}
+	return out, nil
+}
+
+// sumStatsByKeys fills out key by key.
+func sumStatsByKeys(m *ebpf.Map, out []bpf.TrafficStats) ([]bpf.TrafficStats, error) {
+	for k := range out {
+		st, err := sumStats(m, uint32(k))
+		if err != nil {
+			return out, fmt.Errorf("read map %s: %w", mapName(m), err)
+		}
+		out[k] = st
+	}
+	return out, nil
+}
+
+func sumCPUs(per []bpf.TrafficStats) bpf.TrafficStats {
+	var sum bpf.TrafficStats
+	for _, s := range per {
+		sum.Packets += s.Packets
+		sum.Bytes += s.Bytes
+	}
+	return sum
+}
+
+func mapName(m *ebpf.Map) string {
+	if info, err := m.Info(); err == nil && info.Name != "" {
+		return info.Name
+	}
+	return m.String()
 }
 
 // sumStats sums one per-CPU counter over the CPUs.
@@ -388,8 +510,18 @@ func countByKeys(m *ebpf.Map) (int, error) {
 // The map changes while it is read: an entry may be missed or seen twice,
 // each entry is whole. visit must not keep its pointers.
 func walkCT(m *ebpf.Map, visit func(*bpf.CTKey, *bpf.CTValue)) error {
-	keys := make([]bpf.CTKey, batchSize)
-	vals := make([]bpf.CTValue, batchSize)
+	if err := batchWalk(m, visit); err != nil {
+		return fmt.Errorf("read map weir_ct: %w", err)
+	}
+	return nil
+}
+
+// batchWalk calls visit for every entry of a hash-like map, read in
+// batches of batchSize, or key by key where the map has no batch
+// operations. visit must not keep its pointers.
+func batchWalk[K, V any](m *ebpf.Map, visit func(*K, *V)) error {
+	keys := make([]K, batchSize)
+	vals := make([]V, batchSize)
 	var cursor ebpf.MapBatchCursor
 	seen := false
 	for {
@@ -403,26 +535,23 @@ func walkCT(m *ebpf.Map, visit func(*bpf.CTKey, *bpf.CTValue)) error {
 		}
 		if err != nil {
 			if !seen {
-				return walkCTByKeys(m, visit)
+				return walkByKeys(m, visit)
 			}
-			return fmt.Errorf("read map weir_ct: %w", err)
+			return err
 		}
 	}
 }
 
-func walkCTByKeys(m *ebpf.Map, visit func(*bpf.CTKey, *bpf.CTValue)) error {
+func walkByKeys[K, V any](m *ebpf.Map, visit func(*K, *V)) error {
 	var (
-		k bpf.CTKey
-		v bpf.CTValue
+		k K
+		v V
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
 		visit(&k, &v)
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read map weir_ct: %w", err)
-	}
-	return nil
+	return it.Err()
 }
 
 // ctSummary counts conntrack entries, in all and per service name.

@@ -6,10 +6,13 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/weir-lb/weir/bpf"
 	"github.com/weir-lb/weir/internal/testutil"
@@ -248,4 +251,50 @@ func BenchmarkCollectFullConntrack(b *testing.B) {
 	if s.total < n*9/10 { // an LRU may evict a few while filling
 		b.Errorf("counted %d of %d entries", s.total, n)
 	}
+}
+
+// BenchmarkScrape100kBackends: one /metrics scrape (gather and text
+// encoding) with 10000 services of 10 backends each, the issue #5 scale.
+func BenchmarkScrape100kBackends(b *testing.B) {
+	m, err := bpf.OpenMaps(testutil.BPFRoot(b), bpf.MapSizes{})
+	obsMust(b, err)
+	b.Cleanup(func() { m.Close() })
+	dp := bpf.NewDatapath(m)
+	const nSvc, nBE = 10000, 10
+	for s := range nSvc {
+		id := lb.ServiceID(s + 1)
+		obsMust(b, dp.UpsertFrontend(lb.FrontendID(id), lb.FrontendEntry{
+			ServiceID: id, Addr: netip.AddrFrom4([4]byte{10, 96, byte(s >> 8), byte(s)}), Port: 80, Protocol: lb.TCP,
+			Scope: lb.ScopeInternal, Kind: lb.KindClusterIP, Service: fmt.Sprintf("scale/s%d", s),
+		}))
+		for i := range nBE {
+			bid := lb.BackendID(s*nBE + i + 1)
+			obsMust(b, dp.UpsertBackend(bid, lb.BackendEntry{ServiceID: id,
+				Addr: netip.AddrFrom4([4]byte{10, byte(128 + i), byte(s / 250), byte(s%250 + 1)}), Port: 8080, Weight: 1}))
+		}
+	}
+	setPerCPU(b, m.BackendStats, 1, 7, 700) // one backend with traffic
+	reg := prometheus.NewRegistry()
+	obsMust(b, reg.Register(newMapCollector(m)))
+	var out strings.Builder
+	cpu0 := selfCPU(b)
+	for b.Loop() {
+		mfs, err := reg.Gather()
+		obsMust(b, err)
+		out.Reset()
+		for _, mf := range mfs {
+			_, err := expfmt.MetricFamilyToText(&out, mf)
+			obsMust(b, err)
+		}
+	}
+	b.ReportMetric(float64(out.Len())/(1<<20), "MiB/scrape")
+	b.ReportMetric((selfCPU(b)-cpu0).Seconds()/float64(b.N), "cpu-s/scrape")
+}
+
+// selfCPU is the process's user and system CPU time so far: unlike
+// wall time, it hardly depends on what else the shared machine runs.
+func selfCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	obsMust(tb, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

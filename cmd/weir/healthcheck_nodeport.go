@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -121,7 +122,8 @@ func (h *hcServers) update(want map[lb.ServiceName]k8s.HealthCheckPort) {
 			h.servers[name] = s
 			h.log.Info("health-check node port open", "service", name, "port", w.Port)
 		}
-		s.endpoints.Store(int64(w.LocalEndpoints))
+		s.endpoints[0].Store(int64(w.LocalEndpoints))
+		s.endpoints[1].Store(int64(w.LocalEndpointsV6))
 	}
 }
 
@@ -152,11 +154,12 @@ func (h *hcServers) start(name lb.ServiceName, port uint16) (*hcServer, error) {
 
 // hcServer answers one service's health checks.
 type hcServer struct {
-	name      lb.ServiceName
-	port      uint16
-	healthy   func() bool
-	srv       *http.Server
-	endpoints atomic.Int64
+	name    lb.ServiceName
+	port    uint16
+	healthy func() bool
+	srv     *http.Server
+	// endpoints are the local endpoint counts, IPv4 then IPv6.
+	endpoints [2]atomic.Int64
 }
 
 func (s *hcServer) close() { _ = s.srv.Close() }
@@ -172,11 +175,12 @@ type hcBody struct {
 }
 
 // ServeHTTP answers any path, as kube-proxy does: 200 while the service
-// has local endpoints and the agent is healthy, else 503.
-func (s *hcServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+// has local endpoints of the family the request came over (the node
+// address it was sent to) and the agent is healthy, else 503.
+func (s *hcServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var b hcBody
 	b.Service.Namespace, b.Service.Name = s.name.Namespace, s.name.Name
-	b.LocalEndpoints = int(s.endpoints.Load())
+	b.LocalEndpoints = int(s.endpoints[familyIndex(r)].Load())
 	b.ServiceProxyHealthy = s.healthy()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -187,4 +191,15 @@ func (s *hcServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	_ = json.NewEncoder(w).Encode(b)
+}
+
+// familyIndex is 1 for a request that reached the server over IPv6, else 0
+// (IPv4, also as an IPv4-mapped address on a dual-stack listener).
+func familyIndex(r *http.Request) int {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.Unmap().Is4() {
+			return 1
+		}
+	}
+	return 0
 }

@@ -258,3 +258,31 @@ func TestKubeFlags(t *testing.T) {
 		t.Errorf("parseNodePortAddresses = %v, %v", p, err)
 	}
 }
+
+// TestHealthCheckNodePortCountsPerFamily: a dual-stack service's health
+// check answers with the endpoints of the family it is asked over, as
+// kube-proxy's per-family proxiers do, so a load balancer probing the
+// IPv6 address is not sent to a node with only IPv4 endpoints.
+func TestHealthCheckNodePortCountsPerFamily(t *testing.T) {
+	if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		ln.Close()
+	}
+	h := newHCServers("", func() bool { return true }, slog.New(slog.DiscardHandler))
+	t.Cleanup(h.close)
+	web := lb.ServiceName{Namespace: "default", Name: "web"}
+	port := freePort(t)
+	h.update(map[lb.ServiceName]k8s.HealthCheckPort{web: {Port: port, LocalEndpoints: 1, LocalEndpointsV6: 0}})
+	c := http.Client{Timeout: 5 * time.Second}
+	for host, want := range map[string]int{"127.0.0.1": http.StatusOK, "[::1]": http.StatusServiceUnavailable} {
+		resp, err := c.Get("http://" + host + ":" + strconv.Itoa(int(port)) + "/")
+		if err != nil {
+			t.Fatalf("probe %s: %v", host, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("probe over %s: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weir-lb/weir/lb"
+	"github.com/weir-lb/weir/lb/k8s"
 	"github.com/weir-lb/weir/xdp"
 )
 
@@ -27,11 +28,47 @@ type syncMetrics struct {
 	programming, kpProgramming prometheus.Histogram
 	queued, kpQueued           prometheus.Gauge
 	changes, kpChanges         prometheus.Counter
+	changeApply                prometheus.Histogram
+	initial                    prometheus.Gauge
 
 	mu sync.Mutex
 	// oldest and newest are when the first and the last change not yet
 	// programmed were handed over by the source; zero when none is.
 	oldest, newest time.Time
+	// kpTriggered: kubeproxy_network_programming_duration_seconds is
+	// timed from the EndpointSlices' trigger times (changeReceived), as
+	// kube-proxy does, instead of from the hand-over.
+	kpTriggered bool
+	// pending are the changes received and not yet programmed, each
+	// with the histograms it is to be observed in.
+	pending []pendingChange
+}
+
+// pendingChange is one latency to observe when the change is programmed.
+type pendingChange struct {
+	queued time.Time // handed to the reconciler: a sync starting later programs it
+	since  time.Time // the latency's start
+	kind   changeKind
+}
+
+type changeKind int
+
+const (
+	changeApply   changeKind = iota // event receipt: weir_change_apply_duration_seconds
+	changeTrigger                   // trigger time: kubeproxy_network_programming_duration_seconds
+	changeInitial                   // caches synced: weir_initial_programming_duration_seconds
+)
+
+// maxPending bounds the changes remembered while syncs fail: beyond it
+// new ones are not timed (the oldest, which the latency is about, stay).
+const maxPending = 4096
+
+// Programmed is what a sync programmed, for its log line: the longest
+// event-to-programmed latency among the changes it applied, and the time
+// from the caches' sync when it programmed the initial state (zero when
+// not).
+type Programmed struct {
+	Change, Initial time.Duration
 }
 
 // kubeProxyProgrammingBuckets are kube-proxy's buckets for
@@ -70,13 +107,18 @@ func newSyncMetrics() *syncMetrics {
 		kpQueued:  gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "kube-proxy compatible: Unix time of the last queued change."),
 		changes:   counter("weir_service_changes_total", "Services written or deleted by syncs."),
 		kpChanges: counter("kubeproxy_sync_proxy_rules_service_changes_total", "kube-proxy compatible: service changes (here: services written or deleted by syncs)."),
+		changeApply: hist("weir_change_apply_duration_seconds",
+			"Time from the agent receiving a change (Kubernetes informer event, config file read) to the end of the sync that programmed it.",
+			prometheus.ExponentialBuckets(0.0001, 2, 20)),
+		initial: gauge("weir_initial_programming_duration_seconds",
+			"Time from the Kubernetes informers' caches syncing to the end of the first sync that programmed every service."),
 	}
 }
 
 // collectors returns every metric of m, for registering.
 func (m *syncMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.duration, m.kpDuration, m.last, m.kpLast, m.errors,
-		m.programming, m.kpProgramming, m.queued, m.kpQueued, m.changes, m.kpChanges}
+		m.programming, m.kpProgramming, m.queued, m.kpQueued, m.changes, m.kpChanges, m.changeApply, m.initial}
 }
 
 func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
@@ -94,7 +136,9 @@ func (m *syncMetrics) observe(d time.Duration, err error) {
 	m.kpLast.Set(now)
 }
 
-// changeQueued records that the source handed over a change at t.
+// changeQueued records that the source handed over a change at t. With
+// no event time of its own (the edge source: t is when the config was
+// read) it also starts the change-apply latency.
 func (m *syncMetrics) changeQueued(t time.Time) {
 	m.queued.Set(unixSeconds(t))
 	m.kpQueued.Set(unixSeconds(t))
@@ -104,6 +148,40 @@ func (m *syncMetrics) changeQueued(t time.Time) {
 		m.oldest = t
 	}
 	m.newest = t
+	if !m.kpTriggered {
+		m.addPendingLocked(pendingChange{queued: t, since: t, kind: changeApply})
+	}
+}
+
+// triggeredByKubernetes makes kubeproxy_network_programming_duration_seconds
+// and weir_change_apply_duration_seconds follow changeReceived only.
+func (m *syncMetrics) triggeredByKubernetes() {
+	m.mu.Lock()
+	m.kpTriggered = true
+	m.mu.Unlock()
+}
+
+// changeReceived records the timing of a batch of Kubernetes changes
+// handed to the reconciler at queued.
+func (m *syncMetrics) changeReceived(c k8s.Change, queued time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c.Initial {
+		m.addPendingLocked(pendingChange{queued: queued, since: c.Received, kind: changeInitial})
+		return
+	}
+	if !c.Received.IsZero() {
+		m.addPendingLocked(pendingChange{queued: queued, since: c.Received, kind: changeApply})
+	}
+	for _, t := range c.Triggered {
+		m.addPendingLocked(pendingChange{queued: queued, since: t, kind: changeTrigger})
+	}
+}
+
+func (m *syncMetrics) addPendingLocked(c pendingChange) {
+	if len(m.pending) < maxPending || c.kind == changeInitial {
+		m.pending = append(m.pending, c)
+	}
 }
 
 // applied records a successful sync that started at start and wrote or
@@ -112,22 +190,57 @@ func (m *syncMetrics) changeQueued(t time.Time) {
 // queued during the sync is left for the next one, which is then timed
 // from the latest change (the earlier ones of that batch are not kept:
 // an underestimate by at most one sync's duration).
-func (m *syncMetrics) applied(start, now time.Time, changed int) {
+//
+// The changes received (changeReceived) before start are observed one
+// by one, each from its own start.
+func (m *syncMetrics) applied(start, now time.Time, changed int) Programmed {
 	m.changes.Add(float64(changed))
 	m.kpChanges.Add(float64(changed))
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	p := m.observePendingLocked(start, now)
 	if m.oldest.IsZero() || m.oldest.After(start) {
-		return
+		return p
 	}
 	d := now.Sub(m.oldest).Seconds()
 	m.programming.Observe(d)
-	m.kpProgramming.Observe(d)
+	if !m.kpTriggered {
+		m.kpProgramming.Observe(d)
+	}
 	if m.newest.After(start) {
 		m.oldest = m.newest
 	} else {
 		m.oldest, m.newest = time.Time{}, time.Time{}
 	}
+	return p
+}
+
+// observePendingLocked observes the pending changes queued before start
+// and keeps the others.
+func (m *syncMetrics) observePendingLocked(start, now time.Time) Programmed {
+	var p Programmed
+	keep := m.pending[:0]
+	for _, c := range m.pending {
+		if c.queued.After(start) {
+			keep = append(keep, c)
+			continue
+		}
+		d := now.Sub(c.since)
+		switch c.kind {
+		case changeApply:
+			m.changeApply.Observe(d.Seconds())
+			p.Change = max(p.Change, d)
+		case changeTrigger:
+			// A trigger time from another clock can be ahead of ours.
+			m.kpProgramming.Observe(max(d, 0).Seconds())
+		case changeInitial:
+			m.initial.Set(d.Seconds())
+			p.Initial = d
+		}
+	}
+	clear(m.pending[len(keep):])
+	m.pending = keep
+	return p
 }
 
 // agentCollector reports the agent's own state at scrape time: health

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"math"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/weir-lb/weir/internal/testutil"
 	"github.com/weir-lb/weir/lb"
+	"github.com/weir-lb/weir/lb/k8s"
 	"github.com/weir-lb/weir/xdp"
 )
 
@@ -63,6 +65,92 @@ func TestNetworkProgramming(t *testing.T) {
 	got = gathered(t, m.kpQueued)
 	if got["kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"] != 1022 {
 		t.Errorf("last queued %v", got)
+	}
+}
+
+// TestChangeApplyLatency: Kubernetes changes are timed from the event's
+// receipt (weir_change_apply_duration_seconds) and from the slices'
+// trigger times (kube-proxy's histogram), each when the sync that
+// started after its hand-over ends; the initial state from the caches'
+// sync.
+func TestChangeApplyLatency(t *testing.T) {
+	m := newSyncMetrics()
+	m.triggeredByKubernetes()
+	t0 := time.Unix(1000, 0)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+
+	m.changeReceived(k8s.Change{Initial: true, Received: ms(0)}, ms(500))
+	m.changeQueued(ms(500))
+	if p := m.applied(ms(600), ms(1400), 10000); p.Initial != 1400*time.Millisecond || p.Change != 0 {
+		t.Errorf("initial sync programmed %+v, want Initial 1.4s", p)
+	}
+	if got := gathered(t, m.initial)["weir_initial_programming_duration_seconds"]; got != 1.4 {
+		t.Errorf("initial programming %v s, want 1.4", got)
+	}
+
+	// Two batches: one handed over before the sync started, one during.
+	m.changeReceived(k8s.Change{Received: ms(2000), Triggered: []time.Time{ms(1990), ms(1980)}}, ms(2001))
+	m.changeQueued(ms(2001))
+	m.changeReceived(k8s.Change{Received: ms(2002)}, ms(2004))
+	m.changeQueued(ms(2004))
+	if p := m.applied(ms(2003), ms(2005), 1); p.Change != 5*time.Millisecond {
+		t.Errorf("first sync programmed %+v, want Change 5ms", p)
+	}
+	if n, sum := histogram(t, m.changeApply); n != 1 || math.Abs(sum-0.005) > 1e-9 {
+		t.Errorf("change apply: %d observations summing %v, want 1 of 5ms", n, sum)
+	}
+	if n, sum := histogram(t, m.kpProgramming); n != 2 || math.Abs(sum-(0.015+0.025)) > 1e-9 {
+		t.Errorf("kube-proxy programming: %d observations summing %v, want 2 of 15 and 25 ms", n, sum)
+	}
+	if p := m.applied(ms(2010), ms(2011), 1); p.Change != 9*time.Millisecond {
+		t.Errorf("second sync programmed %+v, want Change 9ms (2011 - 2002)", p)
+	}
+	if n, _ := histogram(t, m.changeApply); n != 2 {
+		t.Errorf("change apply: %d observations, want 2", n)
+	}
+	if p := m.applied(ms(3000), ms(3001), 0); p != (Programmed{}) {
+		t.Errorf("a sync with nothing pending programmed %+v", p)
+	}
+	// weir_network_programming_duration_seconds still times hand-overs.
+	if n, _ := histogram(t, m.programming); n != 3 {
+		t.Errorf("network programming: %d observations, want 3", n)
+	}
+}
+
+// TestChangeApplyEdge: without Kubernetes, the config read starts both
+// the change-apply and kube-proxy's latency.
+func TestChangeApplyEdge(t *testing.T) {
+	m := newSyncMetrics()
+	t0 := time.Unix(1000, 0)
+	m.changeQueued(t0)
+	if p := m.applied(t0.Add(time.Millisecond), t0.Add(3*time.Millisecond), 1); p.Change != 3*time.Millisecond {
+		t.Errorf("programmed %+v, want Change 3ms", p)
+	}
+	for _, h := range []prometheus.Histogram{m.changeApply, m.kpProgramming, m.programming} {
+		if n, _ := histogram(t, h); n != 1 {
+			t.Errorf("%d observations, want 1", n)
+		}
+	}
+}
+
+// TestPendingChangesBounded: while syncs fail, changes are remembered up
+// to maxPending; the initial state always is.
+func TestPendingChangesBounded(t *testing.T) {
+	m := newSyncMetrics()
+	m.triggeredByKubernetes()
+	t0 := time.Unix(1000, 0)
+	for range maxPending + 10 {
+		m.changeReceived(k8s.Change{Received: t0, Triggered: []time.Time{t0}}, t0)
+	}
+	m.changeReceived(k8s.Change{Initial: true, Received: t0}, t0)
+	if len(m.pending) != maxPending+1 {
+		t.Errorf("%d pending, want %d", len(m.pending), maxPending+1)
+	}
+	if p := m.applied(t0, t0.Add(time.Second), 1); p.Initial != time.Second {
+		t.Errorf("programmed %+v, want the initial state", p)
+	}
+	if len(m.pending) != 0 {
+		t.Errorf("%d still pending", len(m.pending))
 	}
 }
 

@@ -30,6 +30,7 @@ type env struct {
 
 // result is the translation of one Kubernetes service.
 type result struct {
+	skip        string // why the service is not served; "" when it is
 	services    map[lb.ServiceName]*lb.Service
 	hc          *HealthCheckPort
 	hasNodePort bool
@@ -132,7 +133,14 @@ func build(svc *v1.Service, slices []*discovery.EndpointSlice, e *env) result {
 	}
 	if set.externalLocal && svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 		if p := svc.Spec.HealthCheckNodePort; p > 0 && p <= 65535 {
-			r.hc = &HealthCheckPort{Port: uint16(p), LocalEndpoints: len(localReady)}
+			r.hc = &HealthCheckPort{Port: uint16(p)}
+			for a := range localReady {
+				if a.Is4() {
+					r.hc.LocalEndpoints++
+				} else {
+					r.hc.LocalEndpointsV6++
+				}
+			}
 		} else {
 			r.warnf("externalTrafficPolicy Local without a valid healthCheckNodePort (%d): no health check is served", p)
 		}

@@ -36,7 +36,9 @@ func collectEndpoints(esList []*discovery.EndpointSlice, v6 bool, e *env, r *res
 	if v6 {
 		want = discovery.AddressTypeIPv6
 	}
-	byPort := map[portKey]map[netip.AddrPort]endpoint{}
+	// Per port, every copy in slice order; sorting and dropping the
+	// later copies of an address is cheaper than a map per port.
+	byPort := map[portKey][]endpoint{}
 	for _, es := range esList {
 		if es.AddressType != want {
 			continue
@@ -52,27 +54,30 @@ func collectEndpoints(esList []*discovery.EndpointSlice, v6 bool, e *env, r *res
 			}
 			for key, port := range ports {
 				ep.addr = netip.AddrPortFrom(ep.addr.Addr(), port)
-				set := byPort[key]
-				if set == nil {
-					set = map[netip.AddrPort]endpoint{}
-					byPort[key] = set
+				list := byPort[key]
+				if list == nil {
+					list = make([]endpoint, 0, len(es.Endpoints))
 				}
-				if have, dup := set[ep.addr]; !dup || (!have.ready && ep.ready) {
-					set[ep.addr] = ep
-				}
+				byPort[key] = append(list, ep)
 			}
 		}
 	}
-	out := make(map[portKey][]endpoint, len(byPort))
-	for key, set := range byPort {
-		list := make([]endpoint, 0, len(set))
-		for _, ep := range set {
-			list = append(list, ep)
-		}
-		slices.SortFunc(list, func(a, b endpoint) int { return a.addr.Compare(b.addr) })
-		out[key] = list
+	for key, list := range byPort {
+		byPort[key] = dedupEndpoints(list)
 	}
-	return out
+	return byPort
+}
+
+// dedupEndpoints sorts endpoints by address and keeps one per address:
+// the first ready copy, else the first copy (the sort is stable).
+func dedupEndpoints(list []endpoint) []endpoint {
+	slices.SortStableFunc(list, func(a, b endpoint) int {
+		if c := a.addr.Compare(b.addr); c != 0 {
+			return c
+		}
+		return boolCompare(b.ready, a.ready) // ready first
+	})
+	return slices.CompactFunc(list, func(a, b endpoint) bool { return a.addr == b.addr })
 }
 
 // slicePorts returns a slice's ports by name and protocol.

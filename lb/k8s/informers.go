@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -51,7 +52,7 @@ func (s *Source) startInformers(ctx context.Context) (*caches, error) {
 		nodes: coreinformers.NewNodeInformer(s.client, resync, cache.Indexers{}),
 	}
 	for _, inf := range []cache.SharedIndexInformer{c.services, c.slices, c.nodes} {
-		if err := inf.SetTransform(dropManagedFields); err != nil {
+		if err := inf.SetTransform(transformObject); err != nil {
 			return nil, err
 		}
 	}
@@ -65,8 +66,8 @@ func (s *Source) startInformers(ctx context.Context) (*caches, error) {
 			DeleteFunc: func(o any) { s.onService(o) },
 		}},
 		{c.slices, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { s.onSlice(o) },
-			UpdateFunc: func(old, o any) { s.onSlice(old); s.onSlice(o) },
+			AddFunc:    func(o any) { s.onSliceChanged(o) },
+			UpdateFunc: func(old, o any) { s.onSlice(old); s.onSliceChanged(o) },
 			DeleteFunc: func(o any) { s.onSlice(o) },
 		}},
 		{c.nodes, cache.ResourceEventHandlerFuncs{
@@ -118,14 +119,6 @@ func sliceSelector() string {
 	return labels.NewSelector().Add(*owned, *noHeadless).String()
 }
 
-// dropManagedFields saves memory: the source never reads them.
-func dropManagedFields(o any) (any, error) {
-	if m, ok := o.(metav1.Object); ok {
-		m.SetManagedFields(nil)
-	}
-	return o, nil
-}
-
 func sliceServiceKey(es *discovery.EndpointSlice) (types.NamespacedName, bool) {
 	name := es.Labels[discovery.LabelServiceName]
 	if name == "" {
@@ -171,6 +164,37 @@ func (s *Source) onService(o any) {
 	if svc, ok := unwrap(o).(*v1.Service); ok {
 		s.queue.service(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
 	}
+}
+
+// onSliceChanged queues the service of a slice added or updated, with the
+// slice's change trigger time when it has one from after the source
+// started (kube-proxy ignores older ones too: the initial list and
+// resyncs are not changes).
+func (s *Source) onSliceChanged(o any) {
+	es, ok := o.(*discovery.EndpointSlice)
+	if !ok {
+		s.onSlice(o)
+		return
+	}
+	key, ok := sliceServiceKey(es)
+	if !ok {
+		return
+	}
+	if t, ok := triggerTime(es); ok && s.synced.Load() && t.After(s.started) {
+		s.queue.serviceTriggered(key, t)
+		return
+	}
+	s.queue.service(key)
+}
+
+// triggerTime parses a slice's last-change-trigger-time annotation.
+func triggerTime(es *discovery.EndpointSlice) (time.Time, bool) {
+	v, ok := es.Annotations[AnnotationTriggerTime]
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil
 }
 
 func (s *Source) onSlice(o any) {

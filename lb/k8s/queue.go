@@ -3,6 +3,7 @@ package k8s
 import (
 	"cmp"
 	"sync"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -23,6 +24,13 @@ type work struct {
 	all       bool                // this node's zone changed
 	nodePorts bool                // recompute every service with a NodePort
 	addrs     bool                // re-read this node's addresses
+	// received is when the first event of the batch was handed to a
+	// handler: the start of weir_change_apply_duration_seconds.
+	received time.Time
+	// triggers is, per service, the earliest EndpointSlice
+	// last-change-trigger-time of the batch (kube-proxy's start of
+	// network programming).
+	triggers map[types.NamespacedName]time.Time
 }
 
 func newWorkQueue() *workQueue {
@@ -32,11 +40,16 @@ func newWorkQueue() *workQueue {
 }
 
 func emptyWork() work {
-	return work{keys: map[types.NamespacedName]struct{}{}, nodes: map[string]struct{}{}}
+	return work{keys: map[types.NamespacedName]struct{}{}, nodes: map[string]struct{}{},
+		triggers: map[types.NamespacedName]time.Time{}}
 }
 
 func (q *workQueue) add(f func(*work)) {
+	now := time.Now()
 	q.mu.Lock()
+	if q.w.received.IsZero() {
+		q.w.received = now
+	}
 	f(&q.w)
 	q.mu.Unlock()
 	select {
@@ -47,6 +60,17 @@ func (q *workQueue) add(f func(*work)) {
 
 func (q *workQueue) service(key types.NamespacedName) {
 	q.add(func(w *work) { w.keys[key] = struct{}{} })
+}
+
+// serviceTriggered queues a service whose EndpointSlice carried a change
+// trigger time.
+func (q *workQueue) serviceTriggered(key types.NamespacedName, triggered time.Time) {
+	q.add(func(w *work) {
+		w.keys[key] = struct{}{}
+		if t, ok := w.triggers[key]; !ok || triggered.Before(t) {
+			w.triggers[key] = triggered
+		}
+	})
 }
 
 func (q *workQueue) node(name string) {

@@ -2,16 +2,10 @@ package k8s
 
 import (
 	"cmp"
-	"reflect"
 	"slices"
 
 	"github.com/weir-lb/weir/lb"
 )
-
-// servicesEqual says whether delivering b after a would change anything.
-// Translation is deterministic (sorted lists, no nil-versus-empty
-// differences), so deep equality is exact.
-func servicesEqual(a, b *lb.Service) bool { return reflect.DeepEqual(a, b) }
 
 func compareNames(a, b lb.ServiceName) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),

@@ -19,7 +19,10 @@ import (
 )
 
 // Sink receives the source's output. The agent adapts its reconciler and
-// runner into one; tests record the calls.
+// runner into one; tests record the calls. The services passed are the
+// source's own record of what it emitted: a Sink must not modify them
+// (the reconciler copies what it keeps), which saves a copy of every
+// service.
 type Sink interface {
 	Upsert(*lb.Service)
 	Delete(lb.ServiceName)
@@ -57,15 +60,47 @@ type Options struct {
 	// (see HealthCheckNodePorts) after the initial sync and after every
 	// change of them, from the goroutine that calls the Sink.
 	OnHealthCheckPorts func(map[lb.ServiceName]HealthCheckPort)
+	// OnChange, when set, receives the timing of every batch handed to
+	// the Sink, just before its Sink.Request (and of the initial
+	// Replace), for latency metrics.
+	OnChange func(Change)
+}
+
+// Change is the timing of one batch of Sink calls.
+type Change struct {
+	// Initial marks the initial Replace; Received is then when the
+	// informer caches synced.
+	Initial bool
+	// Received is when an informer handler saw the batch's first event.
+	Received time.Time
+	// Triggered holds, for each changed Kubernetes service whose
+	// EndpointSlice carried one, the earliest
+	// endpoints.kubernetes.io/last-change-trigger-time of the batch
+	// (set by the EndpointSlice controller: when the pod or service
+	// changed).
+	Triggered []time.Time
 }
 
 // HealthCheckPort is a service's kube-proxy style health check: an HTTP
-// server on Port answers 200 while LocalEndpoints > 0.
+// server on Port answers 200 while the family it is asked over has local
+// endpoints. As with kube-proxy's one proxier per family, a load balancer
+// probing the node's IPv6 address must not be told "healthy" because of
+// an IPv4 endpoint: its IPv6 traffic would find nothing local.
 type HealthCheckPort struct {
 	Port uint16
 	// LocalEndpoints counts the distinct addresses of ready endpoints on
-	// this node, over all the service's ports and families.
-	LocalEndpoints int
+	// this node, over all the service's ports, of IPv4 (LocalEndpoints)
+	// and IPv6 (LocalEndpointsV6).
+	LocalEndpoints   int
+	LocalEndpointsV6 int
+}
+
+// Local is the count of the family v6 says.
+func (h HealthCheckPort) Local(v6 bool) int {
+	if v6 {
+		return h.LocalEndpointsV6
+	}
+	return h.LocalEndpoints
 }
 
 // Source watches the Kubernetes API and feeds a Sink. Create it with
@@ -78,12 +113,14 @@ type Source struct {
 	log    *slog.Logger
 	queue  *workQueue
 	synced atomic.Bool
+	// started is when Run began; older trigger times are not changes.
+	started time.Time
 
 	// The worker's state. The worker writes it under mu; readers
 	// (Services, HealthCheckNodePorts) take mu.
 	mu        sync.Mutex
 	cache     *caches
-	emitted   map[types.NamespacedName]map[lb.ServiceName]*lb.Service
+	emitted   map[types.NamespacedName][]emitted
 	hc        map[types.NamespacedName]HealthCheckPort
 	nodePorts map[types.NamespacedName]struct{}
 	warnings  map[types.NamespacedName]string
@@ -102,7 +139,7 @@ func NewSource(client kubernetes.Interface, opts Options, sink Sink, logger *slo
 		sink:      sink,
 		log:       logger.With("source", "kubernetes"),
 		queue:     newWorkQueue(),
-		emitted:   map[types.NamespacedName]map[lb.ServiceName]*lb.Service{},
+		emitted:   map[types.NamespacedName][]emitted{},
 		hc:        map[types.NamespacedName]HealthCheckPort{},
 		nodePorts: map[types.NamespacedName]struct{}{},
 		warnings:  map[types.NamespacedName]string{},
@@ -119,6 +156,7 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.started = time.Now()
 	c, err := s.startInformers(ctx)
 	if err != nil {
 		return fmt.Errorf("kubernetes source: %w", err)
@@ -136,7 +174,9 @@ func (s *Source) Run(ctx context.Context) error {
 	if !c.waitForSync(ctx) {
 		return errors.New("kubernetes source: caches of services, endpoint slices and nodes did not sync before shutdown (check the API server's address and the agent's RBAC: list and watch on services, endpointslices and nodes)")
 	}
-	s.initialSync(start)
+	synced := time.Now()
+	s.log.Info("informer caches synced", "took", synced.Sub(start).Round(time.Millisecond))
+	s.initialSync(start, synced)
 	for {
 		select {
 		case <-ctx.Done():
@@ -156,14 +196,21 @@ func (s *Source) HasSynced() bool { return s.synced.Load() }
 // address changes; it never blocks.
 func (s *Source) Refresh() { s.queue.refreshAddrs() }
 
-// Services returns copies of the services last delivered, sorted by name.
+// Services returns the services delivered, translated again from the
+// caches (the source keeps only fingerprints of what it delivered),
+// sorted by name. Between a change and its delivery they may be ahead of
+// what the Sink has.
 func (s *Source) Services() []*lb.Service {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cache == nil {
+		return nil
+	}
+	e := s.newEnv()
 	var out []*lb.Service
-	for _, m := range s.emitted {
-		for _, svc := range m {
-			out = append(out, svc.Clone())
+	for key := range s.emitted {
+		for _, svc := range s.translateLocked(key, e).services {
+			out = append(out, svc)
 		}
 	}
 	sortServices(out)
@@ -200,8 +247,9 @@ func (s *Source) NodeEligible() bool {
 	return nodeEligible(c.node(s.opts.NodeName))
 }
 
-// initialSync computes every service and hands them over with Replace.
-func (s *Source) initialSync(start time.Time) {
+// initialSync computes every service and hands them over with Replace;
+// cachesSynced is when the informers' caches synced.
+func (s *Source) initialSync(start, cachesSynced time.Time) {
 	// Events that arrived before now are in the caches already: the
 	// informers update the cache before they call the handlers.
 	s.queue.reset()
@@ -220,15 +268,15 @@ func (s *Source) initialSync(start time.Time) {
 	s.mu.Unlock()
 
 	sortServices(all)
-	out := make([]*lb.Service, len(all))
-	for i, svc := range all {
-		out[i] = svc.Clone()
-	}
-	s.sink.Replace(out)
+	s.sink.Replace(all)
 	s.synced.Store(true)
+	if s.opts.OnChange != nil {
+		s.opts.OnChange(Change{Initial: true, Received: cachesSynced})
+	}
 	s.sink.Request()
-	s.log.Info("kubernetes services synced", "service-ports", len(out), "health-checks", len(hc),
-		"node-addresses", len(addrs), "zone", e.zone, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("kubernetes services synced", "service-ports", len(all), "health-checks", len(hc),
+		"node-addresses", len(addrs), "zone", e.zone, "took", time.Since(start).Round(time.Millisecond),
+		"since-caches-synced", time.Since(cachesSynced).Round(time.Millisecond))
 	if s.opts.OnHealthCheckPorts != nil {
 		s.opts.OnHealthCheckPorts(hc)
 	}
@@ -252,9 +300,16 @@ func (s *Source) processBatch() {
 	keys := s.expandLocked(w)
 	e := s.newEnv()
 	oldHC := maps.Clone(s.hc)
-	var ops []sinkOp
+	var (
+		ops       []sinkOp
+		triggered []time.Time
+	)
 	for _, key := range keys {
+		n := len(ops)
 		ops = s.syncLocked(key, e, ops)
+		if t, ok := w.triggers[key]; ok && len(ops) > n {
+			triggered = append(triggered, t)
+		}
 	}
 	hcChanged := !maps.Equal(oldHC, s.hc)
 	hc := s.hcLocked()
@@ -269,6 +324,9 @@ func (s *Source) processBatch() {
 		}
 	}
 	if len(ops) > 0 {
+		if s.opts.OnChange != nil {
+			s.opts.OnChange(Change{Received: w.received, Triggered: triggered})
+		}
 		s.sink.Request()
 	}
 	if hcChanged && s.opts.OnHealthCheckPorts != nil {
@@ -314,44 +372,57 @@ type sinkOp struct {
 func (s *Source) syncLocked(key types.NamespacedName, e *env, ops []sinkOp) []sinkOp {
 	old := s.emitted[key]
 	want := s.computeLocked(key, e)
-	for _, name := range sortedNames(want) {
-		if prev, ok := old[name]; ok && servicesEqual(prev, want[name]) {
+	now := s.emitted[key]
+	for _, n := range now {
+		if i, ok := findEmitted(old, n.name); ok && old[i].fp == n.fp {
 			continue
 		}
-		ops = append(ops, sinkOp{upsert: want[name].Clone()})
-		s.log.Debug("service upserted", "service", name, "frontends", len(want[name].Frontends), "backends", len(want[name].Backends))
+		svc := want[n.name]
+		ops = append(ops, sinkOp{upsert: svc})
+		s.log.Debug("service upserted", "service", n.name, "frontends", len(svc.Frontends), "backends", len(svc.Backends))
 	}
-	for _, name := range sortedNames(old) {
-		if _, ok := want[name]; !ok {
-			ops = append(ops, sinkOp{delete: name})
-			s.log.Debug("service deleted", "service", name)
+	for _, o := range old {
+		if _, ok := findEmitted(now, o.name); !ok {
+			ops = append(ops, sinkOp{delete: o.name})
+			s.log.Debug("service deleted", "service", o.name)
 		}
 	}
 	return ops
 }
 
+// emitted is what the source remembers of a delivered lb.Service.
+type emitted struct {
+	name lb.ServiceName
+	fp   fingerprint
+}
+
+// emittedOf lists the services by name with their fingerprints.
+func emittedOf(svcs map[lb.ServiceName]*lb.Service) []emitted {
+	out := make([]emitted, 0, len(svcs))
+	for _, name := range sortedNames(svcs) {
+		out = append(out, emitted{name: name, fp: fingerprintOf(svcs[name])})
+	}
+	return out
+}
+
+// findEmitted finds a name in a list sorted by name.
+func findEmitted(list []emitted, name lb.ServiceName) (int, bool) {
+	return slices.BinarySearchFunc(list, name, func(e emitted, n lb.ServiceName) int { return compareNames(e.name, n) })
+}
+
 // computeLocked builds the lb.Services of one Kubernetes service from the
 // caches and records them (and its health check) as emitted.
 func (s *Source) computeLocked(key types.NamespacedName, e *env) map[lb.ServiceName]*lb.Service {
-	svc := s.cache.service(key)
-	var (
-		res  result
-		skip string
-	)
-	if svc == nil {
-		skip = "deleted"
-	} else if skip = skipReason(svc, s.opts.ServiceProxyName); skip == "" {
-		res = build(svc, s.cache.slicesOf(key), e)
-	}
-	if skip != "" && len(s.emitted[key]) > 0 {
-		s.log.Debug("service no longer served", "service", key, "reason", skip)
+	res := s.translateLocked(key, e)
+	if res.skip != "" && len(s.emitted[key]) > 0 {
+		s.log.Debug("service no longer served", "service", key, "reason", res.skip)
 	}
 	s.logWarnings(key, res.warnings)
 
 	if len(res.services) == 0 {
 		delete(s.emitted, key)
 	} else {
-		s.emitted[key] = res.services
+		s.emitted[key] = emittedOf(res.services)
 	}
 	if res.hc != nil {
 		s.hc[key] = *res.hc
@@ -364,6 +435,19 @@ func (s *Source) computeLocked(key types.NamespacedName, e *env) map[lb.ServiceN
 		delete(s.nodePorts, key)
 	}
 	return res.services
+}
+
+// translateLocked builds the lb.Services of one Kubernetes service from
+// the caches, recording nothing.
+func (s *Source) translateLocked(key types.NamespacedName, e *env) result {
+	svc := s.cache.service(key)
+	if svc == nil {
+		return result{skip: "deleted"}
+	}
+	if skip := skipReason(svc, s.opts.ServiceProxyName); skip != "" {
+		return result{skip: skip}
+	}
+	return build(svc, s.cache.slicesOf(key), e)
 }
 
 // logWarnings logs a service's problems once, and again only when they
