@@ -23,8 +23,7 @@ var (
 // namespace and checks, through `weir inspect services` and real traffic,
 // every kind of frontend and the Kubernetes semantics of lb/k8s/doc.go.
 //
-// Dual-stack is not covered: kube.StartCluster takes one
-// --service-cluster-ip-range, so the test cluster is IPv4 single-stack.
+// The cluster is IPv4 single-stack; TestK8sDualStack covers dual-stack.
 func TestK8sAgent(t *testing.T) {
 	k := newK8sLab(t, 3)
 	b1, b2, b3 := backendAddr(0, false), backendAddr(1, false), backendAddr(2, false)

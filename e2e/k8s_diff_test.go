@@ -10,6 +10,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/weir-lb/weir/e2e/kube"
@@ -43,18 +45,12 @@ func TestK8sDiffKubeProxy(t *testing.T) {
 	k := newK8sLab(t, 3)
 	b1, b2, b3 := backendAddr(0, false), backendAddr(1, false), backendAddr(2, false)
 
-	kp := testutil.NewNetns(t, "weir-kp-")
-	kpRoot := kube.RootVeth(t, kp, netip.Prefix{})
-	kpIP := kpRoot.Next()
-	// The apiserver listens on the node's root veth address: reach it
-	// through this namespace's own veth.
-	must(t, kp.Route(netip.PrefixFrom(k.c.Addr.Addr(), 32), kpRoot, ""))
-	_, err := k.c.CreateNode(k.ctx, kpNodeName, kpIP)
-	must(t, err)
+	kp, kpIPs := newKubeProxyNode(t, k)
+	kpIP := kpIPs[0]
 
 	// ClusterIP + NodePort + LB IP + externalIP.
 	web := k.createService(webService("web", k8sExtIP))
-	web, err = k.c.SetLoadBalancerIngress(k.ctx, web, k8sLBIP)
+	web, err := k.c.SetLoadBalancerIngress(k.ctx, web, k8sLBIP)
 	must(t, err)
 	k.applySlice(kube.EndpointSlice(web, "web-1", b1, b2, b3))
 
@@ -120,43 +116,7 @@ func TestK8sDiffKubeProxy(t *testing.T) {
 		frontendOf(k.nodeIP, localNP, corev1.ProtocolTCP): true,
 		frontendOf(localLB, 80, corev1.ProtocolTCP):       true,
 	}
-	compare := func() (nft, weir map[string][]string, views map[string]serviceView) {
-		nft = map[string][]string{}
-		for fe, bs := range kube.NftServices(t, kp) {
-			fe = strings.Replace(fe, kpIP.String()+":", k.nodeIP.String()+":", 1)
-			if !localExternal[fe] {
-				nft[fe] = bs
-			}
-		}
-		views = inspectByFrontend(k.inspect())
-		weir = map[string][]string{}
-		for fe, v := range views {
-			if localExternal[fe] || !strings.HasPrefix(fe, k.nodeIP.String()+":") && v.Type == "NodePort" {
-				continue // see the test's comment
-			}
-			if bs := effectiveBackends(v); len(bs) > 0 {
-				weir[fe] = bs
-			}
-		}
-		return nft, weir, views
-	}
-	var nft, weir map[string][]string
-	var views map[string]serviceView
-	// Both converge on their own; wait until they agree (and have the
-	// newest service), then report the difference if they never do.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		nft, weir, views = compare()
-		if mapsEqual(nft, weir) && len(nft) >= 15 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kube-proxy and weir disagree:\n%s", diffServices(nft, weir))
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	t.Logf("kube-proxy and weir agree on %d frontends", len(nft))
-
+	views := k.agreeWithKubeProxy(kp, kpIPs, localExternal, 15, false)
 	// The ones the loop left out.
 	raw := kube.NftServices(t, kp)
 	t.Logf("kube-proxy's eTP Local frontends as kube.NftServices reads them (local policy not modelled): NodePort %v, LB %v",
@@ -174,6 +134,240 @@ func TestK8sDiffKubeProxy(t *testing.T) {
 			t.Errorf("weir has no NodePort frontend %s (served on every node address and loopback)", fe)
 		}
 	}
+}
+
+// TestK8sDiffKubeProxyDualStack is TestK8sDiffKubeProxy on a dual-stack
+// cluster: kube-proxy's nftables mode writes an `ip` and an `ip6` table,
+// weir one lb.Service per family, and every frontend of both families
+// must get the same backends, also after an update empties one family.
+func TestK8sDiffKubeProxyDualStack(t *testing.T) {
+	k := newDualStackK8sLab(t, 3)
+	b := func(i int, v6 bool) netip.Addr { return backendAddr(i, v6) }
+	kp, kpIPs := newKubeProxyNode(t, k)
+	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
+	dualStack := func(s *corev1.Service, p corev1.IPFamilyPolicy) *corev1.Service {
+		s.Spec.IPFamilyPolicy = new(p)
+		return k.createService(s)
+	}
+
+	// RequireDualStack NodePort, TCP and UDP, different backends per
+	// family: 8 frontends.
+	dsSpec := kube.Service("e2e", "ds", kube.Port(tcp, 80, 8080), kube.Port(udp, 53, 5354))
+	dsSpec.Spec.Type = corev1.ServiceTypeNodePort
+	ds := dualStack(dsSpec, corev1.IPFamilyPolicyRequireDualStack)
+	k.applySlice(kube.EndpointSlice(ds, "ds-v4", b(0, false), b(1, false)))
+	k.applySlice(kube.EndpointSlice(ds, "ds-v6", b(1, true), b(2, true)))
+
+	// PreferDualStack LoadBalancer with external and ingress IPs of both
+	// families: 8 frontends.
+	lbSpec := webService("pds", k8sExtIP)
+	lbSpec.Spec.ExternalIPs = append(lbSpec.Spec.ExternalIPs, "2001:db8::10")
+	pds := dualStack(lbSpec, corev1.IPFamilyPolicyPreferDualStack)
+	pds, err := k.c.SetLoadBalancerIngress(k.ctx, pds, k8sLBIP, netip.MustParseAddr("2001:db8:100::10"))
+	must(t, err)
+	k.applySlice(kube.EndpointSlice(pds, "pds-v4", b(0, false)))
+	k.applySlice(kube.EndpointSlice(pds, "pds-v6", b(2, true)))
+
+	// Single-stack IPv6 NodePort; its IPv4 slice is ignored by both: 2.
+	v6Spec := kube.Service("e2e", "v6only", kube.Port(tcp, 80, 8080))
+	v6Spec.Spec.Type = corev1.ServiceTypeNodePort
+	v6Spec.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+	v6only := dualStack(v6Spec, corev1.IPFamilyPolicySingleStack)
+	k.applySlice(kube.EndpointSlice(v6only, "v6only-v6", b(0, true)))
+	k.applySlice(kube.EndpointSlice(v6only, "v6only-v4", b(1, false)))
+
+	// Endpoints of one family only: the other half has none in both: 1.
+	half := dualStack(kube.Service("e2e", "half", kube.Port(tcp, 80, 8080)), corev1.IPFamilyPolicyRequireDualStack)
+	k.applySlice(kube.EndpointSlice(half, "half-v4", b(0, false), b(2, false)))
+	k.applySlice(emptySlice(half, "half-v6", discoveryv1.AddressTypeIPv6))
+
+	// Session affinity and a terminating endpoint in each family: 4.
+	stickySpec := kube.Service("e2e", "sticky", kube.Port(tcp, 80, 8080))
+	stickySpec.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	sticky := dualStack(stickySpec, corev1.IPFamilyPolicyRequireDualStack)
+	k.applySlice(kube.EndpointSlice(sticky, "sticky-v4", b(0, false), b(1, false)))
+	k.applySlice(kube.EndpointSlice(sticky, "sticky-v6", b(0, true), b(1, true)))
+	term := dualStack(kube.Service("e2e", "term", kube.Port(tcp, 80, 8080)), corev1.IPFamilyPolicyRequireDualStack)
+	for _, v6 := range []bool{false, true} {
+		s := kube.EndpointSlice(term, "term-"+map[bool]string{false: "v4", true: "v6"}[v6], b(0, v6), b(1, v6))
+		terminating(s, 1)
+		k.applySlice(s)
+	}
+
+	// Single-stack IPv4 with an IPv6 external IP, which both ignore,
+	// and IPv6 endpoints waiting for the IPv6 half it gets later: 1.
+	growSpec := kube.Service("e2e", "grow", kube.Port(tcp, 80, 8080))
+	growSpec.Spec.ExternalIPs = []string{"2001:db8::30"}
+	grow := k.createService(growSpec)
+	k.applySlice(kube.EndpointSlice(grow, "grow-v4", b(2, false)))
+	k.applySlice(kube.EndpointSlice(grow, "grow-v6", b(2, true)))
+
+	// IPv6 first on an IPv4-primary cluster (spec.clusterIP is the IPv6
+	// one), NodePort: 4.
+	v6firstSpec := kube.Service("e2e", "v6first", kube.Port(tcp, 80, 8080))
+	v6firstSpec.Spec.Type = corev1.ServiceTypeNodePort
+	v6firstSpec.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
+	v6first := dualStack(v6firstSpec, corev1.IPFamilyPolicyRequireDualStack)
+	if a := netip.MustParseAddr(v6first.Spec.ClusterIP); !a.Is6() {
+		t.Fatalf("IPv6-first service got spec.clusterIP %s, want its IPv6 one", a)
+	}
+	k.applySlice(kube.EndpointSlice(v6first, "v6first-v4", b(1, false)))
+	k.applySlice(kube.EndpointSlice(v6first, "v6first-v6", b(0, true), b(2, true)))
+
+	kube.RunKubeProxy(t, k.c, kp, "nftables", kpNodeName)
+	k.startAgent()
+
+	// default/kubernetes (the apiserver's own ClusterIP) is one more.
+	const want = 8 + 8 + 2 + 1 + 4 + 1 + 4 + 1
+	k.agreeWithKubeProxy(kp, kpIPs, nil, want, true)
+	nft := kube.NftServices(t, kp)
+	var v6 int
+	for fe := range nft {
+		if frontendAddr(fe).Is6() {
+			v6++
+		}
+	}
+	if v6 != 4+4+2+2+2 {
+		t.Errorf("kube-proxy's ip6 table has %d frontends, want 14: %v", v6, nft)
+	}
+
+	// Update: ds loses its IPv6 endpoints; both drop the four IPv6
+	// frontends and keep the IPv4 ones.
+	k.applySlice(emptySlice(ds, "ds-v6", discoveryv1.AddressTypeIPv6))
+	k.agreeWithKubeProxy(kp, kpIPs, nil, want-4, true)
+	nft = kube.NftServices(t, kp)
+	if _, ok := nft[frontendOf(kpIPs[1], nodePortOf(ds, udp), udp)]; ok {
+		t.Errorf("kube-proxy still has the IPv6 NodePort of ds after its IPv6 endpoints went: %v", nft)
+	}
+
+	// grow becomes dual-stack: an IPv6 ClusterIP and the IPv6 external
+	// IP appear (2 frontends); back to single-stack, they go again.
+	k.setFamilyPolicy(grow.Name, corev1.IPFamilyPolicyRequireDualStack)
+	k.agreeWithKubeProxy(kp, kpIPs, nil, want-4+2, true)
+	k.setFamilyPolicy(grow.Name, corev1.IPFamilyPolicySingleStack)
+	k.agreeWithKubeProxy(kp, kpIPs, nil, want-4, true)
+}
+
+// setFamilyPolicy changes the ipFamilyPolicy of service e2e/name; going
+// back to SingleStack also drops the secondary family (the apiserver
+// requires ipFamilies and clusterIPs to shrink with it).
+func (k *k8sLab) setFamilyPolicy(name string, p corev1.IPFamilyPolicy) {
+	k.t.Helper()
+	api := k.c.Client.CoreV1().Services("e2e")
+	s, err := api.Get(k.ctx, name, metav1.GetOptions{})
+	must(k.t, err)
+	s.Spec.IPFamilyPolicy = new(p)
+	if p == corev1.IPFamilyPolicySingleStack {
+		s.Spec.IPFamilies = s.Spec.IPFamilies[:1]
+		s.Spec.ClusterIPs = s.Spec.ClusterIPs[:1]
+	}
+	if _, err := api.Update(k.ctx, s, metav1.UpdateOptions{}); err != nil {
+		k.t.Fatalf("set ipFamilyPolicy of e2e/%s to %s: %v", name, p, err)
+	}
+}
+
+// newKubeProxyNode makes the namespace kube-proxy runs in, as node
+// "kpnode": a root veth to reach the apiserver, and the Node object with
+// the namespace's veth address as InternalIP and, in a dual-stack lab, an
+// IPv6 InternalIP too (on the namespace's lo). It returns the namespace
+// and the node IPs, IPv4 first.
+func newKubeProxyNode(t *testing.T, k *k8sLab) (*testutil.Netns, []netip.Addr) {
+	t.Helper()
+	kp := testutil.NewNetns(t, "weir-kp-")
+	kpRoot := kube.RootVeth(t, kp, netip.Prefix{})
+	ips := []netip.Addr{kpRoot.Next()}
+	// The apiserver listens on the node's root veth address: reach it
+	// through this namespace's own veth.
+	must(t, kp.Route(netip.PrefixFrom(k.c.Addr.Addr(), 32), kpRoot, ""))
+	if k.nodeIP6.IsValid() {
+		ip6 := netip.MustParseAddr("fd00:250::2")
+		must(t, kp.AddAddr("lo", netip.PrefixFrom(ip6, 128)))
+		ips = append(ips, ip6)
+	}
+	_, err := k.c.CreateNode(k.ctx, kpNodeName, ips...)
+	must(t, err)
+	return kp, ips
+}
+
+// agreeWithKubeProxy waits (30 s) until kube-proxy's nftables ruleset in
+// kp and weir's maps give every frontend the same backends, with at least
+// n frontends (exactly n when exact: after a change that removes
+// frontends, to wait for it), and fails the test with the difference if
+// they never do.
+// kube-proxy's NodePorts on its node IPs kpIPs (IPv4, then IPv6) are
+// compared with weir's on the lab node's IP of the same family; weir's
+// NodePorts on its other addresses, and the frontends in skip, are left
+// out (see TestK8sDiffKubeProxy). It returns weir's last inspect.
+func (k *k8sLab) agreeWithKubeProxy(kp *testutil.Netns, kpIPs []netip.Addr, skip map[string]bool, n int, exact bool) map[string]serviceView {
+	t := k.t
+	t.Helper()
+	toWeir := map[netip.Addr]netip.Addr{}
+	weirNode := map[netip.Addr]bool{k.nodeIP: true}
+	for _, ip := range kpIPs {
+		if ip.Is4() {
+			toWeir[ip] = k.nodeIP
+		} else if k.nodeIP6.IsValid() {
+			toWeir[ip] = k.nodeIP6
+			weirNode[k.nodeIP6] = true
+		}
+	}
+	compare := func() (nft, weir map[string][]string, views map[string]serviceView) {
+		nft = map[string][]string{}
+		for fe, bs := range kube.NftServices(t, kp) {
+			fe = renameFrontend(fe, toWeir)
+			if !skip[fe] {
+				nft[fe] = bs
+			}
+		}
+		views = inspectByFrontend(k.inspect())
+		weir = map[string][]string{}
+		for fe, v := range views {
+			if skip[fe] || v.Type == "NodePort" && !weirNode[frontendAddr(fe)] {
+				continue
+			}
+			if bs := effectiveBackends(v); len(bs) > 0 {
+				weir[fe] = bs
+			}
+		}
+		return nft, weir, views
+	}
+	// Both converge on their own; wait until they agree (and have the
+	// newest service), then report the difference if they never do.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		nft, weir, views := compare()
+		if mapsEqual(nft, weir) && (len(nft) == n || !exact && len(nft) > n) {
+			t.Logf("kube-proxy and weir agree on %d frontends", len(nft))
+			return views
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kube-proxy and weir disagree or miss frontends (%d and %d, want %d, exactly: %v):\n%s",
+				len(nft), len(weir), n, exact, diffServices(nft, weir))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// frontendAddr is the address of an "addr:port/PROTO" frontend, or the
+// zero Addr.
+func frontendAddr(fe string) netip.Addr {
+	ap, err := netip.ParseAddrPort(fe[:max(strings.LastIndex(fe, "/"), 0)])
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr()
+}
+
+// renameFrontend replaces a frontend's address by its image in m.
+func renameFrontend(fe string, m map[netip.Addr]netip.Addr) string {
+	a := frontendAddr(fe)
+	to, ok := m[a]
+	if !ok {
+		return fe
+	}
+	i := strings.LastIndex(fe, "/")
+	ap := netip.MustParseAddrPort(fe[:i])
+	return netip.AddrPortFrom(to, ap.Port()).String() + fe[i:]
 }
 
 // effectiveBackends is where weir sends new connections: the active

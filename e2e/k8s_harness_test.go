@@ -32,6 +32,7 @@ type k8sLab struct {
 	*lab
 	c        *kube.Cluster
 	nodeIP   netip.Addr // the node's LAN address, its InternalIP
+	nodeIP6  netip.Addr // its IPv6 LAN address, an InternalIP too in a dual-stack lab
 	apiIP    netip.Addr // the node's address on the root veth (also a node address)
 	cgroup   string
 	ctx      context.Context
@@ -40,9 +41,22 @@ type k8sLab struct {
 
 const k8sNodeName = "node1"
 
-// newK8sLab builds the lab with n backends and the cluster, and creates
-// namespace "e2e" in it.
+// newK8sLab builds the lab with n backends and an IPv4 single-stack
+// cluster, and creates namespace "e2e" in it.
 func newK8sLab(t *testing.T, n int) *k8sLab {
+	t.Helper()
+	return newK8sLabWith(t, n, false)
+}
+
+// newDualStackK8sLab is newK8sLab with an IPv4-primary dual-stack cluster
+// (service ranges kube.DualStackServiceCIDRs) whose Node has an IPv4 and
+// an IPv6 InternalIP. The lab's hosts have both families already.
+func newDualStackK8sLab(t *testing.T, n int) *k8sLab {
+	t.Helper()
+	return newK8sLabWith(t, n, true)
+}
+
+func newK8sLabWith(t *testing.T, n int, dualStack bool) *k8sLab {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	// The cgroup first: cleanups run last-in first-out, so the agent and
@@ -52,12 +66,21 @@ func newK8sLab(t *testing.T, n int) *k8sLab {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	apiAddr := kube.RootVeth(t, &testutil.Netns{Host: l.lb}, netip.Prefix{})
-	c := kube.StartCluster(t, kube.Options{BindAddr: apiAddr})
+	opts := kube.Options{BindAddr: apiAddr}
+	nodeIPs := []netip.Addr{lbAddr(false)}
+	if dualStack {
+		opts.ServiceCIDRs = kube.DualStackServiceCIDRs
+		nodeIPs = append(nodeIPs, lbAddr(true))
+	}
+	c := kube.StartCluster(t, opts)
 	k := &k8sLab{lab: l, c: c, nodeIP: lbAddr(false), apiIP: apiAddr.Next(), cgroup: cg, ctx: ctx, nodeName: k8sNodeName}
+	if dualStack {
+		k.nodeIP6 = lbAddr(true)
+	}
 	// The agent's watches must end before the apiserver stops: an
 	// apiserver with open watches ignores SIGTERM until its grace period.
 	t.Cleanup(func() { k.stop("agent", syscall.SIGTERM) })
-	_, err := c.CreateNode(ctx, k8sNodeName, k.nodeIP)
+	_, err := c.CreateNode(ctx, k8sNodeName, nodeIPs...)
 	must(t, err)
 	must(t, c.CreateNamespace(ctx, "e2e"))
 	return k
@@ -236,6 +259,47 @@ func (k *k8sLab) curlInCgroup(addr netip.AddrPort) (string, error) {
 	}
 	name, _, _ := strings.Cut(string(out), "\n")
 	return name, nil
+}
+
+// connectInCgroup opens a TCP connection to addr from the node's
+// namespace inside the test cgroup and closes it; the error carries the
+// errno's text ("Connection refused"), which curl does not print.
+func (k *k8sLab) connectInCgroup(addr netip.AddrPort) error {
+	cg, err := os.Open(k.cgroup)
+	if err != nil {
+		return err
+	}
+	defer cg.Close()
+	// bash's /dev/tcp does a plain connect(2) and reports its errno.
+	cmd := k.lb.Command("timeout", "5", "bash", "-c",
+		fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", addr.Addr(), addr.Port()))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("connect %s in cgroup %s: %v: %s", addr, k.cgroup, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// udpInCgroup sends one datagram ("who") to addr from a connected UDP
+// socket in the node's namespace inside the test cgroup and returns the
+// answer, the demo backend's name.
+func (k *k8sLab) udpInCgroup(addr netip.AddrPort) (string, error) {
+	cg, err := os.Open(k.cgroup)
+	if err != nil {
+		return "", err
+	}
+	defer cg.Close()
+	// bash's /dev/udp connects the socket (the connect hook picks the
+	// backend) and reads the answer through the same socket; read waits
+	// for 64 bytes or its 2 s timeout and keeps what came.
+	cmd := k.lb.Command("timeout", "5", "bash", "-c",
+		fmt.Sprintf("exec 3<>/dev/udp/%s/%d && printf who >&3 && IFS= read -r -t 2 -N 64 ans <&3; printf %%s \"$ans\"", addr.Addr(), addr.Port()))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(out) == 0 {
+		return "", fmt.Errorf("UDP to %s in cgroup %s: %v: %q", addr, k.cgroup, err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // webService is a LoadBalancer service "e2e/<name>" (80 -> 8080) with an

@@ -34,8 +34,33 @@ type Options struct {
 	// Default 127.0.0.1, which only the root namespace can reach; for
 	// clients inside a test netns use an address from RootVeth.
 	BindAddr netip.Addr
-	// ServiceCIDR is --service-cluster-ip-range. Default 10.96.0.0/16.
+	// ServiceCIDR is --service-cluster-ip-range of a single-stack
+	// cluster. Default 10.96.0.0/16. Ignored when ServiceCIDRs is set.
 	ServiceCIDR netip.Prefix
+	// ServiceCIDRs makes the cluster dual-stack: --service-cluster-ip-range
+	// gets both prefixes, the first one's family being the primary (the
+	// family of single-stack services). DualStackServiceCIDRs is the usual
+	// pair.
+	ServiceCIDRs []netip.Prefix
+}
+
+// DualStackServiceCIDRs are the service ranges of an IPv4-primary
+// dual-stack test cluster.
+var DualStackServiceCIDRs = []netip.Prefix{
+	netip.MustParsePrefix("10.96.0.0/16"),
+	netip.MustParsePrefix("fd00:96::/108"),
+}
+
+// serviceRange is the value of --service-cluster-ip-range.
+func (o Options) serviceRange() string {
+	if len(o.ServiceCIDRs) == 0 {
+		return o.ServiceCIDR.String()
+	}
+	parts := make([]string, len(o.ServiceCIDRs))
+	for i, p := range o.ServiceCIDRs {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
 }
 
 // Cluster is a running etcd + kube-apiserver pair.
@@ -73,7 +98,7 @@ func StartCluster(tb testing.TB, opts Options) *Cluster {
 	if !opts.BindAddr.IsValid() {
 		opts.BindAddr = loopback
 	}
-	if !opts.ServiceCIDR.IsValid() {
+	if !opts.ServiceCIDR.IsValid() && len(opts.ServiceCIDRs) == 0 {
 		opts.ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
 	}
 	apiserverBin, _, _ := Binaries(tb)
@@ -166,7 +191,7 @@ func (c *Cluster) startAPIServer(bin, etcdURL string) error {
 		"--advertise-address=" + c.opts.BindAddr.String(),
 		"--secure-port=" + strconv.Itoa(port),
 		"--cert-dir=" + c.path("certs"),
-		"--service-cluster-ip-range=" + c.opts.ServiceCIDR.String(),
+		"--service-cluster-ip-range=" + c.opts.serviceRange(),
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file=" + c.path("sa.pub"),
 		"--service-account-signing-key-file=" + c.path("sa.key"),

@@ -69,6 +69,59 @@ func TestStartClusterLoopback(t *testing.T) {
 	}
 }
 
+func TestServiceRange(t *testing.T) {
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{ServiceCIDR: netip.MustParsePrefix("10.97.0.0/16")}, "10.97.0.0/16"},
+		{Options{ServiceCIDRs: DualStackServiceCIDRs}, "10.96.0.0/16,fd00:96::/108"},
+		{Options{ServiceCIDR: netip.MustParsePrefix("10.97.0.0/16"), ServiceCIDRs: DualStackServiceCIDRs}, "10.96.0.0/16,fd00:96::/108"},
+	} {
+		if got := tc.opts.serviceRange(); got != tc.want {
+			t.Errorf("%+v: --service-cluster-ip-range=%s, want %s", tc.opts, got, tc.want)
+		}
+	}
+}
+
+// A dual-stack cluster: RequireDualStack services get a cluster IP of each
+// family, single-stack ones one of the primary family, and a Node keeps
+// both InternalIPs in order.
+func TestStartClusterDualStack(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	ctx := testContext(t)
+	c := StartCluster(t, Options{ServiceCIDRs: DualStackServiceCIDRs})
+	ips := []netip.Addr{netip.MustParseAddr("10.250.255.2"), netip.MustParseAddr("fd00:250::2")}
+	n, err := c.CreateNode(ctx, "n1", ips...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(n.Status.Addresses) < 2 || n.Status.Addresses[0].Address != ips[0].String() || n.Status.Addresses[1].Address != ips[1].String() {
+		t.Fatalf("node status addresses %v, want InternalIPs %v", n.Status.Addresses, ips)
+	}
+	if err := c.CreateNamespace(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	create := func(name string, policy corev1.IPFamilyPolicy) []string {
+		t.Helper()
+		s := Service("t", name, Port(corev1.ProtocolTCP, 80, 8080))
+		s.Spec.IPFamilyPolicy = new(policy)
+		out, err := c.Client.CoreV1().Services("t").Create(ctx, s, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Spec.ClusterIPs
+	}
+	in := func(ip string, p netip.Prefix) bool { return p.Contains(netip.MustParseAddr(ip)) }
+	v4, v6 := DualStackServiceCIDRs[0], DualStackServiceCIDRs[1]
+	if got := create("dual", corev1.IPFamilyPolicyRequireDualStack); len(got) != 2 || !in(got[0], v4) || !in(got[1], v6) {
+		t.Errorf("RequireDualStack service: cluster IPs %v, want one in %s then one in %s", got, v4, v6)
+	}
+	if got := create("single", corev1.IPFamilyPolicySingleStack); len(got) != 1 || !in(got[0], v4) {
+		t.Errorf("SingleStack service: cluster IPs %v, want one in the primary %s", got, v4)
+	}
+}
+
 // kube-proxy in iptables mode inside a namespace, against an apiserver
 // on a root-side veth address.
 func TestKubeProxyIptables(t *testing.T) {

@@ -24,7 +24,11 @@
 //
 //   - StartCluster starts etcd on free 127.0.0.1 ports and kube-apiserver on
 //     Options.BindAddr (AlwaysAllow authorization, one admin bearer token),
-//     waits for /readyz and returns a client and a kubeconfig. Cleanup stops
+//     waits for /readyz and returns a client and a kubeconfig. With
+//     Options.ServiceCIDRs (DualStackServiceCIDRs) the cluster is
+//     dual-stack; CreateNode takes an InternalIP per family, which is how
+//     kube-proxy (dual-stack whenever the netns has IPv6) learns its
+//     secondary family's node IP. Cleanup stops
 //     the apiserver before etcd, processes are ended by PID only, and on
 //     failure the ends of their logs are printed.
 //   - A client inside a test network namespace cannot reach the host's

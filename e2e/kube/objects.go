@@ -12,20 +12,27 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// CreateNode creates a Node and sets its InternalIP through the status
+// CreateNode creates a Node and sets its InternalIPs through the status
 // subresource (a create drops status). kube-proxy reads its node IPs from
-// this object, so create it before RunKubeProxy.
-func (c *Cluster) CreateNode(ctx context.Context, name string, internalIP netip.Addr) (*corev1.Node, error) {
+// this object, so create it before RunKubeProxy: the first InternalIP's
+// family is its primary one, and a second one of the other family gives
+// the secondary family's node IP (a dual-stack node; without it
+// kube-proxy's NodePorts of that family open on every local address).
+func (c *Cluster) CreateNode(ctx context.Context, name string, internalIPs ...netip.Addr) (*corev1.Node, error) {
+	if len(internalIPs) == 0 {
+		return nil, fmt.Errorf("create node %s: no InternalIP given", name)
+	}
 	n, err := c.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("create node %s: %w", name, err)
 	}
-	n.Status.Addresses = []corev1.NodeAddress{
-		{Type: corev1.NodeInternalIP, Address: internalIP.String()},
-		{Type: corev1.NodeHostName, Address: name},
+	n.Status.Addresses = nil
+	for _, ip := range internalIPs {
+		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip.String()})
 	}
+	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: name})
 	n.Status.Conditions = []corev1.NodeCondition{{
 		Type: corev1.NodeReady, Status: corev1.ConditionTrue,
 		Reason: "WeirTest", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now(),
