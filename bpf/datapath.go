@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -42,6 +43,7 @@ type Datapath struct {
 var (
 	_ lb.Datapath      = (*Datapath)(nil)
 	_ lb.MaglevBatcher = (*Datapath)(nil)
+	_ lb.EntryBatcher  = (*Datapath)(nil)
 )
 
 // NewDatapath returns the Datapath writing to m. It doesn't own m: the
@@ -99,7 +101,10 @@ func (d *Datapath) DeleteBackend(id lb.BackendID) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.id = uint32(id)
-	return deleteError(fmt.Sprintf("backend %d", id), "weir_backends", d.maps.Backends.Delete(unsafe.Pointer(&d.id)))
+	if err := deleteError("weir_backends", d.maps.Backends.Delete(unsafe.Pointer(&d.id))); err != nil {
+		return fmt.Errorf("backend %d: %w", id, err)
+	}
+	return nil
 }
 
 // UpsertFrontend writes a frontend's reverse-NAT entry. Names longer than
@@ -122,7 +127,10 @@ func (d *Datapath) DeleteFrontend(id lb.FrontendID) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.id = uint32(id)
-	return deleteError(fmt.Sprintf("frontend %d", id), "weir_frontends", d.maps.Frontends.Delete(unsafe.Pointer(&d.id)))
+	if err := deleteError("weir_frontends", d.maps.Frontends.Delete(unsafe.Pointer(&d.id))); err != nil {
+		return fmt.Errorf("frontend %d: %w", id, err)
+	}
+	return nil
 }
 
 // UpsertSourceRange allows a client prefix for a service.
@@ -149,7 +157,10 @@ func (d *Datapath) DeleteSourceRange(id lb.ServiceID, p netip.Prefix) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.srKey = k
-	return deleteError(fmt.Sprintf("source range %v of service %d", p, id), "weir_source_ranges", d.maps.SourceRanges.Delete(unsafe.Pointer(&d.srKey)))
+	if err := deleteError("weir_source_ranges", d.maps.SourceRanges.Delete(unsafe.Pointer(&d.srKey))); err != nil {
+		return fmt.Errorf("source range %v of service %d: %w", p, id, err)
+	}
+	return nil
 }
 
 // UpsertService writes a frontend's service entry.
@@ -180,5 +191,84 @@ func (d *Datapath) DeleteService(k lb.ServiceKey) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.svcKey = key
-	return deleteError(fmt.Sprintf("service key %v", k), "weir_services", d.maps.Services.Delete(unsafe.Pointer(&d.svcKey)))
+	if err := deleteError("weir_services", d.maps.Services.Delete(unsafe.Pointer(&d.svcKey))); err != nil {
+		return fmt.Errorf("service key %v: %w", k, err)
+	}
+	return nil
+}
+
+// batchChunk is how many entries one BPF_MAP_UPDATE_BATCH carries: enough
+// that the syscall's fixed cost vanishes, few enough that the converted
+// keys and values stay within a few hundred KiB.
+const batchChunk = 2048
+
+// UpsertBackends writes backends in batches (lb.EntryBatcher).
+func (d *Datapath) UpsertBackends(ids []lb.BackendID, es []lb.BackendEntry) (int, error) {
+	return writeBatch(d.maps.Backends, "weir_backends", len(ids),
+		func(i int, k *uint32, v *BackendValue) (err error) {
+			*k = uint32(ids[i])
+			*v, err = BackendValueFrom(ids[i], es[i])
+			return err
+		},
+		func(i int) string { return fmt.Sprintf("backend %d", ids[i]) })
+}
+
+// UpsertFrontends writes frontends in batches (lb.EntryBatcher).
+func (d *Datapath) UpsertFrontends(ids []lb.FrontendID, es []lb.FrontendEntry) (int, error) {
+	return writeBatch(d.maps.Frontends, "weir_frontends", len(ids),
+		func(i int, k *uint32, v *FrontendValue) error {
+			*k = uint32(ids[i])
+			return fillFrontendValue(v, ids[i], es[i])
+		},
+		func(i int) string { return fmt.Sprintf("frontend %d", ids[i]) })
+}
+
+// UpsertServices writes service entries in batches (lb.EntryBatcher).
+func (d *Datapath) UpsertServices(keys []lb.ServiceKey, es []lb.ServiceEntry) (int, error) {
+	return writeBatch(d.maps.Services, "weir_services", len(keys),
+		func(i int, k *ServiceKey, v *ServiceValue) (err error) {
+			if *k, err = ServiceKeyFrom(keys[i]); err != nil {
+				return err
+			}
+			*v, err = ServiceValueFrom(es[i])
+			return err
+		},
+		func(i int) string { return fmt.Sprintf("service key %v", keys[i]) })
+}
+
+// writeBatch converts n entries chunk by chunk (fill sets entry i) and
+// writes each chunk with one batch update, and returns how many leading
+// entries were written. A chunk stops at its first failure, so the count
+// names the entry that failed (name formats it, only then). Kernels
+// without batch updates get the chunk entry by entry.
+func writeBatch[K, V any](m *ebpf.Map, mapName string, n int, fill func(i int, k *K, v *V) error, name func(i int) string) (int, error) {
+	keys := make([]K, min(n, batchChunk))
+	vals := make([]V, len(keys))
+	for off := 0; off < n; off += batchChunk {
+		c := min(batchChunk, n-off)
+		for i := range c {
+			if err := fill(off+i, &keys[i], &vals[i]); err != nil {
+				return off, err
+			}
+		}
+		done, err := m.BatchUpdate(keys[:c], vals[:c], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			done, err = updateEach(m, keys[:c], vals[:c])
+		}
+		if err != nil {
+			at := off + min(done, c-1)
+			return off + done, writeError(name(at), mapName, m, err)
+		}
+	}
+	return n, nil
+}
+
+// updateEach writes entries one by one; it returns how many it wrote.
+func updateEach[K, V any](m *ebpf.Map, keys []K, vals []V) (int, error) {
+	for i := range keys {
+		if err := m.Update(unsafe.Pointer(&keys[i]), unsafe.Pointer(&vals[i]), ebpf.UpdateAny); err != nil {
+			return i, err
+		}
+	}
+	return len(keys), nil
 }

@@ -54,10 +54,12 @@ func writeError(what, mapName string, m *ebpf.Map, err error) error {
 	return fmt.Errorf("%s: write map %s: %w", what, mapName, err)
 }
 
-// deleteError is nil for a missing key: deletes are idempotent.
-func deleteError(what, mapName string, err error) error {
+// deleteError is nil for a missing key: deletes are idempotent. Callers
+// name the object only when it isn't nil, so that a delete that succeeded
+// formats nothing.
+func deleteError(mapName string, err error) error {
 	if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil
 	}
-	return fmt.Errorf("%s: delete from map %s: %w", what, mapName, err)
+	return fmt.Errorf("delete from map %s: %w", mapName, err)
 }

@@ -66,10 +66,10 @@ func (d *Datapath) UpsertMaglev(id lb.TableID, table []lb.BackendID) error {
 	if err := checkTable(id, table); err != nil {
 		return err
 	}
-	if done, err := d.rewriteTable(id, table); done || err != nil {
+	if done, err := d.rewriteTable(id, table, 0, false); done || err != nil {
 		return err
 	}
-	inner, err := d.newTable(id, table)
+	inner, err := d.newTable(id, table, nil)
 	if err != nil {
 		return err
 	}
@@ -93,10 +93,21 @@ func (d *Datapath) UpsertMaglevs(tables map[lb.TableID][]lb.BackendID) error {
 		}
 	}
 	ids := slices.Sorted(maps.Keys(tables))
+	var live map[uint32]uint32
+	if len(ids) >= liveSnapshotMin {
+		live = d.liveTables()
+	}
 	// Spread small batches over the workers too: each chunk waits for
-	// its own grace period, and the waits overlap.
-	size := max(1, min(d.chunk, (len(ids)+maglevWorkers-1)/maglevWorkers))
+	// its own grace period, and the waits overlap. Large ones go in a
+	// multiple of maglevWorkers chunks of equal size, so that no chunk
+	// is left to run alone at the end.
+	n := (len(ids) + d.chunk - 1) / d.chunk
+	n = (n + maglevWorkers - 1) / maglevWorkers * maglevWorkers
+	size := max(1, (len(ids)+n-1)/n)
 	chunks := slices.Collect(slices.Chunk(ids, size))
+	if len(ids) >= liveSnapshotMin {
+		growFDTable(d.maps.Maglev.FD(), min(len(chunks), maglevWorkers)*size)
+	}
 	errs := make([]error, len(chunks))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, maglevWorkers)
@@ -104,17 +115,62 @@ func (d *Datapath) UpsertMaglevs(tables map[lb.TableID][]lb.BackendID) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			errs[i] = d.writeTables(chunk, tables)
+			errs[i] = d.writeTables(chunk, tables, live)
 		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
+// growFDTable makes room in the process's file descriptor table for n
+// more descriptors at once, by duplicating fd at a high number. The
+// kernel otherwise doubles the table as descriptors are opened, and each
+// doubling in a multithreaded process waits for an RCU grace period while
+// no thread may open one: a handful of such waits as a start creates
+// thousands of tables. Failing to grow it only costs that time.
+func growFDTable(fd, n int) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur <= maglevReservedFDs {
+		return
+	}
+	high := min(uint64(n)+maglevReservedFDs, lim.Cur-1, 1<<20)
+	if dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, int(high)); err == nil {
+		_ = unix.Close(dup)
+	}
+}
+
+// liveSnapshotMin is the batch size from which UpsertMaglevs reads which
+// tables exist in a few batch lookups up front, instead of one lookup per
+// table (for the new tables of a start, a lookup that finds nothing).
+const liveSnapshotMin = 256
+
+// liveTables returns the inner map ID of every table in weir_maglev; nil
+// when the kernel can't say in batches, and then each table is looked up.
+func (d *Datapath) liveTables() map[uint32]uint32 {
+	const chunk = 4096
+	keys := make([]uint32, chunk)
+	inner := make([]uint32, chunk)
+	live := map[uint32]uint32{}
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := d.maps.Maglev.BatchLookup(&cursor, keys, inner, nil)
+		for i := range n {
+			live[keys[i]] = inner[i]
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return live
+		}
+		if err != nil {
+			return nil
+		}
+	}
+}
+
 // writeTables rewrites in place the tables of ids that keep their size,
 // fills a new inner map for each of the others, and swaps those in with
-// one batch update of the outer map.
-func (d *Datapath) writeTables(ids []lb.TableID, tables map[lb.TableID][]lb.BackendID) error {
+// one batch update of the outer map. live, when not nil, says which
+// tables exist (by their inner map IDs).
+func (d *Datapath) writeTables(ids []lb.TableID, tables map[lb.TableID][]lb.BackendID, live map[uint32]uint32) error {
 	inners := make([]*ebpf.Map, 0, len(ids))
 	defer func() {
 		for _, m := range inners {
@@ -123,20 +179,33 @@ func (d *Datapath) writeTables(ids []lb.TableID, tables map[lb.TableID][]lb.Back
 	}()
 	keys := make([]uint32, 0, len(ids))
 	fds := make([]uint32, 0, len(ids))
-	for _, id := range ids {
-		done, err := d.rewriteTable(id, tables[id])
+	var mapper *tableMapper
+	defer func() { _ = mapper.release() }() // on an early return
+	for i, id := range ids {
+		var done bool
+		var err error
+		if innerID, ok := live[uint32(id)]; ok || live == nil {
+			done, err = d.rewriteTable(id, tables[id], innerID, ok)
+		}
 		if err != nil {
 			return err
 		}
 		if done {
 			continue
 		}
-		m, err := d.newTable(id, tables[id])
+		if mapper == nil && len(ids)-i > 1 {
+			mapper = reserveTables(ids[i:], tables)
+		}
+		m, err := d.newTable(id, tables[id], mapper)
 		if err != nil {
 			return err
 		}
 		inners = append(inners, m)
 		keys, fds = append(keys, uint32(id)), append(fds, uint32(m.FD()))
+	}
+	// Nothing of this process may write to a table once it is swapped in.
+	if err := mapper.release(); err != nil {
+		return fmt.Errorf("unmap the new Maglev tables: %w", err)
 	}
 	if len(keys) == 0 {
 		return nil
@@ -160,14 +229,18 @@ func (d *Datapath) writeTables(ids []lb.TableID, tables map[lb.TableID][]lb.Back
 // rewriteTable writes table into the inner map id holds when that has as
 // many slots, and reports whether it did. False without an error means
 // there is no such map: none, another size, or swapped out meanwhile.
-func (d *Datapath) rewriteTable(id lb.TableID, table []lb.BackendID) (bool, error) {
-	key, innerID := uint32(id), uint32(0)
-	err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&innerID))
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("maglev table %s: look up in map weir_maglev: %w", id, err)
+// known says innerID is the inner map's ID as already read; else it is
+// looked up.
+func (d *Datapath) rewriteTable(id lb.TableID, table []lb.BackendID, innerID uint32, known bool) (bool, error) {
+	if !known {
+		key := uint32(id)
+		err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&innerID))
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("maglev table %s: look up in map weir_maglev: %w", id, err)
+		}
 	}
 	inner, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
 	if errors.Is(err, os.ErrNotExist) {
@@ -189,7 +262,10 @@ func (d *Datapath) rewriteTable(id lb.TableID, table []lb.BackendID) (bool, erro
 // DeleteMaglev removes a table.
 func (d *Datapath) DeleteMaglev(id lb.TableID) error {
 	key := uint32(id)
-	return deleteError(fmt.Sprintf("maglev table %s", id), "weir_maglev", d.maps.Maglev.Delete(unsafe.Pointer(&key)))
+	if err := deleteError("weir_maglev", d.maps.Maglev.Delete(unsafe.Pointer(&key))); err != nil {
+		return fmt.Errorf("maglev table %s: %w", id, err)
+	}
+	return nil
 }
 
 // DeleteMaglevs removes many tables with one grace period. Missing tables
@@ -224,7 +300,10 @@ func (d *Datapath) DeleteMaglevs(ids []lb.TableID) error {
 			}
 			return nil
 		default:
-			return deleteError(fmt.Sprintf("maglev table %s", lb.TableID(keys[min(n, len(keys)-1)])), "weir_maglev", err)
+			if err := deleteError("weir_maglev", err); err != nil {
+				return fmt.Errorf("maglev table %s: %w", lb.TableID(keys[min(n, len(keys)-1)]), err)
+			}
+			return nil
 		}
 	}
 	return nil
@@ -244,8 +323,9 @@ func checkTable(id lb.TableID, table []lb.BackendID) error {
 	return nil
 }
 
-// newTable creates and fills an inner map for table.
-func (d *Datapath) newTable(id lb.TableID, table []lb.BackendID) (*ebpf.Map, error) {
+// newTable creates and fills an inner map for table, through mapper when
+// it isn't nil and the map is mappable.
+func (d *Datapath) newTable(id lb.TableID, table []lb.BackendID, mapper *tableMapper) (*ebpf.Map, error) {
 	spec := *d.inner
 	spec.MaxEntries = uint32(len(table))
 	m, err := ebpf.NewMap(&spec)
@@ -255,11 +335,69 @@ func (d *Datapath) newTable(id lb.TableID, table []lb.BackendID) (*ebpf.Map, err
 		}
 		return nil, fmt.Errorf("maglev table %s: create an inner map of %d slots: %w", id, len(table), err)
 	}
-	if err := d.fillTable(m, table); err != nil {
+	fill := d.fillTable
+	if mapper != nil && m.Flags()&unix.BPF_F_MMAPABLE != 0 {
+		fill = mapper.fill
+	}
+	if err := fill(m, table); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("maglev table %s: fill %d slots: %w", id, len(table), err)
 	}
 	return m, nil
+}
+
+// tableMapper maps the new tables of a batch side by side into one
+// stretch of address space reserved for them, so that one munmap unmaps
+// them all. A munmap per table made the kernel flush the TLB of every CPU
+// the agent runs on once per table (an interprocessor interrupt each,
+// slow on a busy VM): as much as creating the maps.
+type tableMapper struct {
+	base       unsafe.Pointer
+	size, used uintptr
+}
+
+// reserveTables reserves room to map every table of ids; nil when the
+// kernel refuses (each table is then mapped on its own).
+func reserveTables(ids []lb.TableID, tables map[lb.TableID][]lb.BackendID) *tableMapper {
+	var size uintptr
+	for _, id := range ids {
+		size += uintptr(mappedSize(len(tables[id])))
+	}
+	base, err := unix.MmapPtr(-1, 0, nil, size, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil
+	}
+	return &tableMapper{base: base, size: size}
+}
+
+// fill maps table's array over the next part of the reservation (only
+// ever this process's own) and writes the slots, as fillMapped does.
+func (t *tableMapper) fill(m *ebpf.Map, table []lb.BackendID) error {
+	size := uintptr(mappedSize(len(table)))
+	if t.used+size > t.size {
+		return fillMapped(m, table)
+	}
+	p, err := unix.MmapPtr(m.FD(), 0, unsafe.Add(t.base, t.used), size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED)
+	if err != nil {
+		return fmt.Errorf("mmap %d bytes: %w", size, err)
+	}
+	t.used += size
+	mem := unsafe.Slice((*byte)(p), size)
+	for i, b := range table {
+		binary.NativeEndian.PutUint32(mem[i*arrayStride:], uint32(b))
+	}
+	return nil
+}
+
+// release unmaps the tables and the rest of the reservation; a nil or
+// released mapper does nothing.
+func (t *tableMapper) release() error {
+	if t == nil || t.base == nil {
+		return nil
+	}
+	err := unix.MunmapPtr(t.base, t.size)
+	t.base = nil
+	return err
 }
 
 // fillTable writes every slot: through a memory mapping when the table

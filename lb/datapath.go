@@ -160,3 +160,18 @@ type MaglevBatcher interface {
 	UpsertMaglevs(map[TableID][]BackendID) error
 	DeleteMaglevs([]TableID) error
 }
+
+// EntryBatcher is an optional extension of Datapath for datapaths that
+// write many entries of one kind for much less than one call each: the
+// BPF datapath writes a few thousand per BPF_MAP_UPDATE_BATCH syscall,
+// where a start with 10k services otherwise makes one syscall per backend.
+// Each method writes ids[i] := entries[i] as the single upsert would, in
+// order, and returns how many leading entries it wrote. On error the
+// entries from that count on may or may not have been written, and the
+// error need not name one: the reconciler writes those one by one, so
+// that a failure is pinned on its object.
+type EntryBatcher interface {
+	UpsertBackends([]BackendID, []BackendEntry) (int, error)
+	UpsertFrontends([]FrontendID, []FrontendEntry) (int, error)
+	UpsertServices([]ServiceKey, []ServiceEntry) (int, error)
+}

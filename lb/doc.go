@@ -22,7 +22,11 @@
 // the same size in place, so it is only ever called for a table no key
 // uses. A datapath whose table swap has a fixed cost (the BPF one waits
 // for an RCU grace period) also implements MaglevBatcher; the reconciler
-// then writes a Sync's tables in batches. The real datapath is
+// then writes a Sync's tables in batches. A datapath that writes many
+// entries for less than one call each implements EntryBatcher; a large
+// Sync then writes its backends, frontends and keys in batches, and after
+// a failed batch writes the rest one by one, so that each error still
+// names its object and fails only its service. The real datapath is
 // bpf.Datapath; lb/lbtest has an in-memory Fake and a fault-injecting
 // wrapper.
 //

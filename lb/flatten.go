@@ -88,23 +88,23 @@ func (f flatFrontend) key(scope Scope) ServiceKey {
 // that passed Validate, but still rejects what would corrupt the maps
 // (duplicate frontends or backends, a bad table size).
 func flatten(s *Service, opts flatOptions) (*flatService, error) {
-	fs := &flatService{name: s.Name}
-	seen := make(map[frontendIdent]bool, len(s.Frontends))
+	fs := &flatService{name: s.Name, frontends: make([]flatFrontend, 0, len(s.Frontends))}
 	external := false
 	for _, fe := range s.Frontends {
 		fe.Addr = fe.Addr.Unmap()
-		f := flatFrontend{fe}
-		if seen[f.ident()] {
-			return nil, fmt.Errorf("service %s: frontend %s is listed twice (remove one)", s.Name, f.ident())
-		}
-		seen[f.ident()] = true
 		external = external || fe.Scope == ScopeExternal
-		fs.frontends = append(fs.frontends, f)
+		fs.frontends = append(fs.frontends, flatFrontend{fe})
 	}
 	if len(fs.frontends) == 0 {
 		return fs, nil
 	}
 	slices.SortFunc(fs.frontends, func(a, b flatFrontend) int { return compareIdent(a.ident(), b.ident()) })
+	// Sorted, duplicates are neighbours: no set to build per service.
+	for i := 1; i < len(fs.frontends); i++ {
+		if id := fs.frontends[i].ident(); id == fs.frontends[i-1].ident() {
+			return nil, fmt.Errorf("service %s: frontend %s is listed twice (remove one)", s.Name, id)
+		}
+	}
 
 	backends, err := normalizeBackends(s)
 	if err != nil {

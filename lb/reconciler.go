@@ -100,6 +100,10 @@ type Reconciler struct {
 	feIDs    idAllocator
 	beIDs    idAllocator
 	slots    []uint32 // scratch for building tables
+	// deferred are the tables of the last Sync whose spare generations
+	// wait for the next one (see writeTables); deferredSlots counts them.
+	deferred      map[*viewState]builtTable
+	deferredSlots int
 }
 
 // NewReconciler reads the datapath's current content back (dp.Dump) and

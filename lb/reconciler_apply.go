@@ -126,89 +126,43 @@ func (w *writer) assignIDs(p *plan) error {
 			vs = newViewState(ServiceID(id), len(fv.backends))
 			st.views[scope] = vs
 		}
-		// One allocation for the view's new backends, not one each. Count
-		// them first: backends about to be removed are still in vs.
-		missing := 0
-		for _, b := range fv.backends {
-			if vs.backends[b.AddrPort()] == nil {
-				missing++
-			}
-		}
-		slab := make([]backendState, missing)
-		for _, b := range fv.backends {
-			ap := b.AddrPort()
-			if vs.backends[ap] != nil {
-				continue
-			}
-			id, err := r.beIDs.alloc()
-			if err != nil {
-				return fmt.Errorf("allocate a backend ID for %s: %w (the node serves too many backends)", ap, err)
-			}
-			bs := &slab[0]
-			slab = slab[1:]
-			*bs = backendState{id: BackendID(id), key: ap.String()}
-			vs.backends[ap] = bs
+		if err := r.addBackends(vs, fv.backends); err != nil {
+			return err
 		}
 	}
 	for _, f := range p.flat.frontends {
-		if st.frontends[f.ident()] != nil {
+		if st.frontend(f.ident()) != nil {
 			continue
 		}
 		id, err := r.feIDs.alloc()
 		if err != nil {
 			return fmt.Errorf("allocate a frontend ID for %s: %w (the node serves too many frontends)", f.ident(), err)
 		}
-		st.frontends[f.ident()] = &frontendState{id: FrontendID(id)}
+		st.addFrontend(f.ident(), frontendState{id: FrontendID(id)})
 	}
 	return nil
 }
 
-func (w *writer) backends(p *plan) error {
-	for scope, fv := range p.flat.views {
-		if fv == nil {
+// addBackends gives the view's new backends IDs and adds them to its
+// sorted list (backends about to be removed are still in it). Even on
+// error, every ID allocated is in the list.
+func (r *Reconciler) addBackends(vs *viewState, want []Backend) error {
+	known := len(vs.backends)
+	defer func() {
+		if len(vs.backends) > known {
+			slices.SortFunc(vs.backends, compareViewBackend)
+		}
+	}()
+	for _, b := range want {
+		ap := b.AddrPort()
+		if _, ok := findBackend(vs.backends[:known], ap); ok {
 			continue
 		}
-		vs := w.st.views[scope]
-		for _, b := range fv.backends {
-			bs := vs.backends[b.AddrPort()]
-			want := BackendEntry{ServiceID: vs.id, Addr: b.Addr, Port: b.Port, Tunnel: b.Tunnel, Weight: b.Weight, State: b.State}
-			if bs.ok && bs.entry == want {
-				continue
-			}
-			bs.ok = false
-			if err := w.r.dp.UpsertBackend(bs.id, want); err != nil {
-				return fmt.Errorf("write backend %s (ID %d) of service ID %d: %w", b.AddrPort(), bs.id, vs.id, err)
-			}
-			bs.entry, bs.ok = want, true
-			w.wrote()
+		id, err := r.beIDs.alloc()
+		if err != nil {
+			return fmt.Errorf("allocate a backend ID for %s: %w (the node serves too many backends)", ap, err)
 		}
-	}
-	return nil
-}
-
-func (w *writer) frontends(p *plan) error {
-	svc, port := entryName(w.st.name)
-	for _, f := range p.flat.frontends {
-		fs := w.st.frontends[f.ident()]
-		want := FrontendEntry{
-			ServiceID: w.st.views[f.Scope].id,
-			Addr:      f.Addr,
-			Port:      f.Port,
-			Protocol:  f.Protocol,
-			Scope:     f.Scope,
-			Kind:      f.Kind,
-			Service:   svc,
-			PortName:  port,
-		}
-		if fs.ok && fs.entry == want {
-			continue
-		}
-		fs.ok = false
-		if err := w.r.dp.UpsertFrontend(fs.id, want); err != nil {
-			return fmt.Errorf("write frontend %s (ID %d): %w", f.ident(), fs.id, err)
-		}
-		fs.entry, fs.ok = want, true
-		w.wrote()
+		vs.backends = append(vs.backends, viewBackend{ap: ap, backendState: backendState{id: BackendID(id)}})
 	}
 	return nil
 }
@@ -223,7 +177,7 @@ func (w *writer) sourceRanges(p *plan) error {
 		if vs.ranges[pr] {
 			continue
 		}
-		vs.ranges[pr] = false
+		vs.addRange(pr, false)
 		if err := w.r.dp.UpsertSourceRange(vs.id, pr); err != nil {
 			return fmt.Errorf("write source range %s of service ID %d: %w", pr, vs.id, err)
 		}
@@ -233,41 +187,13 @@ func (w *writer) sourceRanges(p *plan) error {
 	return nil
 }
 
-func (w *writer) keys(p *plan) error {
-	for _, f := range p.flat.frontends {
-		fs := w.st.frontends[f.ident()]
-		for _, scope := range f.keyScopes() {
-			k := f.key(scope)
-			fv, vs := p.flat.views[scope], w.st.views[scope]
-			want := ServiceEntry{
-				ServiceID:       vs.id,
-				FrontendID:      fs.id,
-				Backends:        uint32(len(fv.usable)),
-				TableSize:       fv.tableSize,
-				TableGen:        vs.active,
-				Mode:            fv.mode,
-				Flags:           fv.flags,
-				AffinityTimeout: fv.affinityTimeout,
-			}
-			ks := w.st.keys[k]
-			if ks.ok && ks.entry == want {
-				continue
-			}
-			if err := w.writeKey(k, ks, want); err != nil {
-				return fmt.Errorf("write service key %s (%s): %w", f.ident(), scope, err)
-			}
-		}
-	}
-	return nil
-}
-
 // writeKey writes a key's entry and keeps its bookkeeping.
 func (w *writer) writeKey(k ServiceKey, ks *keyState, e ServiceEntry) error {
-	ks.ok, ks.tried = false, e
+	ks.try(e)
 	if err := w.r.dp.UpsertService(k, e); err != nil {
 		return err
 	}
-	ks.entry, ks.ok, ks.tried = e, true, ServiceEntry{}
+	ks.confirm(e)
 	w.wrote()
 	return nil
 }
@@ -281,21 +207,30 @@ func (w *writer) removeStale(p *plan) error {
 	if p.coversAll(st) {
 		return nil
 	}
-	for _, k := range stale(st.keys, compareServiceKey, p.hasKey) {
+	for i := 0; i < len(st.keys); {
+		k := st.keys[i].k
+		if p.hasKey(k) {
+			i++
+			continue
+		}
 		if err := r.dp.DeleteService(k); err != nil {
 			return fmt.Errorf("delete service key %s (%s): %w", frontendIdent{k.Addr, k.Port, k.Protocol}, k.Scope, err)
 		}
-		delete(st.keys, k)
+		st.keys = slices.Delete(st.keys, i, i+1)
 		r.releaseKey(w.run, k, st.name)
 		w.wrote()
 	}
-	for _, id := range stale(st.frontends, compareIdent, p.hasFrontend) {
-		fs := st.frontends[id]
-		if err := r.dp.DeleteFrontend(fs.id); err != nil {
-			return fmt.Errorf("delete frontend %s (ID %d): %w", id, fs.id, err)
+	for i := 0; i < len(st.frontends); {
+		f := st.frontends[i]
+		if p.hasFrontend(f.ident) {
+			i++
+			continue
 		}
-		delete(st.frontends, id)
-		r.feIDs.release(uint32(fs.id))
+		if err := r.dp.DeleteFrontend(f.id); err != nil {
+			return fmt.Errorf("delete frontend %s (ID %d): %w", f.ident, f.id, err)
+		}
+		st.frontends = slices.Delete(st.frontends, i, i+1)
+		r.feIDs.release(uint32(f.id))
 		w.wrote()
 	}
 	for scope, vs := range st.views {
@@ -315,18 +250,37 @@ func (w *writer) removeStale(p *plan) error {
 		if vs == nil {
 			continue
 		}
-		keep := func(ap netip.AddrPort) bool { return p.hasBackend(scope, ap) }
-		for _, ap := range stale(vs.backends, netip.AddrPort.Compare, keep) {
-			bs := vs.backends[ap]
-			if err := r.dp.DeleteBackend(bs.id); err != nil {
-				return fmt.Errorf("delete backend %s (ID %d) of service ID %d: %w", ap, bs.id, vs.id, err)
-			}
-			delete(vs.backends, ap)
-			r.beIDs.release(uint32(bs.id))
-			w.run.res.RemovedBackends = append(w.run.res.RemovedBackends,
-				RemovedBackend{Service: st.name, ServiceID: vs.id, BackendID: bs.id, Addr: ap})
-			w.wrote()
+		if err := w.removeStaleBackends(vs, func(ap netip.AddrPort) bool { return p.hasBackend(scope, ap) }); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// removeStaleBackends deletes the view's backends that keep rejects, in
+// address order, and drops them from its list once all deletes are done
+// (or one failed): one pass, however many go.
+func (w *writer) removeStaleBackends(vs *viewState, keep func(netip.AddrPort) bool) error {
+	gone := 0
+	defer func() {
+		if gone > 0 {
+			vs.backends = slices.DeleteFunc(vs.backends, func(b viewBackend) bool { return b.id == 0 })
+		}
+	}()
+	for i := range vs.backends {
+		b := &vs.backends[i]
+		if keep(b.ap) {
+			continue
+		}
+		if err := w.r.dp.DeleteBackend(b.id); err != nil {
+			return fmt.Errorf("delete backend %s (ID %d) of service ID %d: %w", b.ap, b.id, vs.id, err)
+		}
+		w.r.beIDs.release(uint32(b.id))
+		w.run.res.RemovedBackends = append(w.run.res.RemovedBackends,
+			RemovedBackend{Service: w.st.name, ServiceID: vs.id, BackendID: b.id, Addr: b.ap})
+		b.id = 0 // never allocated: marks the entry gone
+		gone++
+		w.wrote()
 	}
 	return nil
 }

@@ -45,11 +45,11 @@ func (r *Reconciler) restore(s *DatapathState) {
 		name.IPv6 = !fe.Addr.Is4()
 		ident := frontendIdent{fe.Addr, fe.Port, fe.Protocol}
 		seenSIDs[fe.ServiceID] = true
-		if name.Name == "" || (r.applied[name] != nil && r.applied[name].frontends[ident] != nil) {
+		if name.Name == "" || (r.applied[name] != nil && r.applied[name].frontend(ident) != nil) {
 			o.frontends[id] = true
 			continue
 		}
-		state(name).frontends[ident] = &frontendState{id: id, entry: fe, ok: true}
+		state(name).addFrontend(ident, frontendState{id: id, entry: fe, ok: true})
 		feOwner[id] = name
 		hint(fe.ServiceID, name, fe.Scope)
 	}
@@ -62,7 +62,7 @@ func (r *Reconciler) restore(s *DatapathState) {
 			o.keys[k] = true
 			continue
 		}
-		state(name).keys[k] = &keyState{entry: e, ok: true}
+		state(name).addKey(k, keyState{entry: e, ok: true})
 		r.claims[k] = name
 		hint(e.ServiceID, name, k.Scope)
 	}
@@ -80,13 +80,17 @@ func (r *Reconciler) restore(s *DatapathState) {
 		be := s.Backends[id]
 		be.Addr, be.Tunnel = be.Addr.Unmap(), be.Tunnel.Unmap()
 		seenSIDs[be.ServiceID] = true
-		ap := netip.AddrPortFrom(be.Addr, be.Port)
 		v := views[be.ServiceID]
-		if v == nil || v.backends[ap] != nil {
+		if v == nil {
 			o.backends[id] = be
 			continue
 		}
-		v.backends[ap] = &backendState{id: id, key: ap.String(), entry: be, ok: true}
+		vb := viewBackend{ap: netip.AddrPortFrom(be.Addr, be.Port), backendState: backendState{id: id}}
+		vb.confirm(be)
+		v.backends = append(v.backends, vb)
+	}
+	for _, v := range views {
+		restoreBackendOrder(v, o)
 	}
 	for tid, slots := range s.Maglev {
 		id := tid.Service()
@@ -107,7 +111,7 @@ func (r *Reconciler) restore(s *DatapathState) {
 			continue
 		}
 		for _, p := range prefixes {
-			v.ranges[normalizePrefix(p)] = true
+			v.addRange(normalizePrefix(p), true)
 		}
 	}
 	for id := range seenSIDs {
@@ -130,6 +134,23 @@ func (r *Reconciler) restore(s *DatapathState) {
 			"services", len(r.applied), "backends", len(s.Backends), "orphan keys", len(o.keys),
 			"orphan frontends", len(o.frontends), "orphan backends", len(o.backends), "orphan tables", len(o.tables))
 	}
+}
+
+// restoreBackendOrder sorts a restored view's backends, which arrived in
+// ID order. Of two entries for one address the lower ID stays (the first
+// written); the other is an orphan.
+func restoreBackendOrder(v *viewState, o *orphanState) {
+	slices.SortStableFunc(v.backends, compareViewBackend)
+	kept := v.backends[:0]
+	for _, b := range v.backends {
+		if n := len(kept); n > 0 && kept[n-1].ap == b.ap {
+			o.backends[b.id] = BackendEntry{ServiceID: v.id, Addr: b.ap.Addr(), Port: b.ap.Port(), Tunnel: b.tunnel, Weight: b.weight, State: b.state}
+			continue
+		}
+		kept = append(kept, b)
+	}
+	clear(v.backends[len(kept):])
+	v.backends = kept
 }
 
 // restoreActive sets each view's live generation from its keys: the

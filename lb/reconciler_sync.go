@@ -33,10 +33,11 @@ func (run *syncRun) enqueue(name ServiceName) {
 // Services that failed on a datapath error stay marked and are retried by
 // the next Sync.
 //
-// The services of a Sync go through the steps together, so that table
-// swaps can be batched when the datapath is a MaglevBatcher: all backends,
-// then all tables, then per service its frontends, source ranges, keys and
-// stale entries, then all stale tables.
+// The services of a Sync go through the steps together, so that writes
+// can be batched when the datapath is a MaglevBatcher or an EntryBatcher:
+// all backends, all tables, all frontends, all source ranges, all keys,
+// then per service its stale entries, then all stale tables. Each service
+// sees its own steps in that order.
 func (r *Reconciler) Sync() (SyncResult, error) {
 	r.syncMu.Lock()
 	defer r.syncMu.Unlock()
@@ -153,22 +154,17 @@ func (r *Reconciler) syncBatch(run *syncRun, names []ServiceName) {
 		if j.p != nil {
 			j.fail(j.w.assignIDs(j.p))
 		}
+	}
+	r.writeBackends(jobs)
+	r.writeTables(jobs)
+	r.writeFrontends(jobs)
+	for _, j := range jobs {
 		if j.alive() && j.p != nil {
-			j.fail(j.w.backends(j.p))
+			j.fail(j.w.sourceRanges(j.p))
 		}
 	}
-	r.writeTables(jobs)
+	r.writeKeys(jobs)
 	for _, j := range jobs {
-		if !j.alive() {
-			continue
-		}
-		if j.p != nil {
-			for _, step := range []func(*plan) error{j.w.frontends, j.w.sourceRanges, j.w.keys} {
-				if j.fail(step(j.p)); !j.alive() {
-					break
-				}
-			}
-		}
 		if j.alive() {
 			j.fail(j.w.removeStale(j.p))
 		}
@@ -278,9 +274,7 @@ func (r *Reconciler) stopWaiting(name ServiceName) {
 func (r *Reconciler) claim(st *svcState, p *plan) {
 	for _, k := range p.keyOrder {
 		r.claims[k] = st.name
-		if _, ok := st.keys[k]; !ok {
-			st.keys[k] = &keyState{}
-		}
+		st.addKey(k, keyState{})
 		if r.orphans != nil {
 			delete(r.orphans.keys, k)
 		}

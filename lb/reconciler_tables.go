@@ -3,6 +3,7 @@ package lb
 import (
 	"fmt"
 	"slices"
+	"unsafe"
 
 	"github.com/weir-lb/weir/maglev"
 )
@@ -50,8 +51,10 @@ type tableWrite struct {
 	j      *job
 	vs     *viewState
 	size   uint32
-	inputs []maglev.Backend
-	slots  []uint32 // built table
+	usable []Backend // the backends that fill the table
+	input  uint64    // their hashInputs
+	slots  []uint32  // built table
+	owned  bool      // slots are the write's own (not the scratch table)
 	hash   uint64
 	err    error
 	gens   []uint8 // generations to write
@@ -70,6 +73,11 @@ func (r *Reconciler) writeTables(jobs []*job) {
 	// as much as the live one. They follow in the next Sync (SyncResult.Again);
 	// until then a service's first change pays one RCU wait.
 	deferSpares := len(jobs) >= deferSparesAt
+	// The tables a previous large round built for views whose spares it
+	// deferred: the spares are copies of them, so this round needn't
+	// build them again.
+	built := r.deferred
+	r.deferred, r.deferredSlots = nil, 0
 	flush := func() {
 		r.buildTables(pending)
 		r.flushTables(pending, deferSpares)
@@ -84,16 +92,16 @@ func (r *Reconciler) writeTables(jobs []*job) {
 				continue
 			}
 			vs := j.w.st.views[scope]
-			inputs := make([]maglev.Backend, 0, len(fv.usable))
-			for _, b := range fv.usable {
-				bs := vs.backends[b.AddrPort()]
-				inputs = append(inputs, maglev.Backend{ID: uint32(bs.id), Key: bs.key, Weight: uint32(b.Weight)})
-			}
+			input := hashInputs(vs, fv.usable)
 			t := &vs.tables[vs.active]
-			if t.ok && t.inputs != nil && t.size == fv.tableSize && slices.Equal(t.inputs, inputs) && vs.tables[1-vs.active].ok {
+			if t.ok && t.inputKnown && t.input == input && t.size == fv.tableSize && vs.tables[1-vs.active].ok {
 				continue
 			}
-			pending = append(pending, &tableWrite{j: j, vs: vs, size: fv.tableSize, inputs: inputs})
+			tw := &tableWrite{j: j, vs: vs, size: fv.tableSize, usable: fv.usable, input: input}
+			if b, ok := built[vs]; ok && t.ok && t.inputKnown && t.input == input && t.size == fv.tableSize && t.hash == b.hash {
+				tw.slots, tw.owned, tw.hash = b.slots, true, b.hash
+			}
+			pending = append(pending, tw)
 			// Bound the memory of the tables built and not yet written.
 			if slots += int(fv.tableSize); slots >= maxBatchSlots {
 				flush()
@@ -106,20 +114,58 @@ func (r *Reconciler) writeTables(jobs []*job) {
 // buildTables builds and hashes the pending tables; Maglev builds are
 // pure, so large rounds spread them over the CPUs.
 func (r *Reconciler) buildTables(pending []*tableWrite) {
-	if len(pending) == 1 {
+	if len(pending) == 1 && pending[0].slots == nil {
 		// The common single change: reuse one scratch table.
 		tw := pending[0]
-		tw.slots = r.scratchSlots(tw.size)
-		tw.err = maglev.BuildInto(tw.slots, tw.inputs)
-		tw.hash = hashTable(tw.slots)
+		tw.build(r.scratchSlots(tw.size))
 		return
 	}
 	forEach(len(pending), func(i int) {
-		tw := pending[i]
-		tw.slots = make([]uint32, tw.size)
-		tw.err = maglev.BuildInto(tw.slots, tw.inputs)
-		tw.hash = hashTable(tw.slots)
+		if tw := pending[i]; tw.slots == nil {
+			tw.build(make([]uint32, tw.size))
+			tw.owned = true
+		}
 	})
+}
+
+// builtTable is a table a round built and wrote to one generation only.
+type builtTable struct {
+	slots []uint32
+	hash  uint64
+}
+
+// keepForSpare keeps a table whose spare generation was deferred for the
+// next Sync, within maxBatchSlots in all.
+func (r *Reconciler) keepForSpare(tw *tableWrite) {
+	if !tw.owned || r.deferredSlots+len(tw.slots) > maxBatchSlots {
+		return
+	}
+	if r.deferred == nil {
+		r.deferred = map[*viewState]builtTable{}
+	}
+	r.deferred[tw.vs] = builtTable{slots: tw.slots, hash: tw.hash}
+	r.deferredSlots += len(tw.slots)
+}
+
+// build fills slots with the view's table and hashes it. The Maglev keys
+// (address:port) are formatted here, not kept per backend.
+func (tw *tableWrite) build(slots []uint32) {
+	inputs := make([]maglev.Backend, len(tw.usable))
+	c := tw.vs.cursor()
+	for i, b := range tw.usable {
+		ap := b.AddrPort()
+		inputs[i] = maglev.Backend{ID: uint32(c.find(ap).id), Key: ap.String(), Weight: uint32(b.Weight)}
+	}
+	tw.slots = slots
+	tw.err = maglev.BuildInto(slots, inputs)
+	tw.hash = hashTable(slots)
+}
+
+// asBackendIDs views a built table's slots, which hold backend IDs, as
+// such without copying them: a large round holds up to maxBatchSlots of
+// them at once.
+func asBackendIDs(slots []uint32) []BackendID {
+	return unsafe.Slice((*BackendID)(unsafe.SliceData(slots)), len(slots))
 }
 
 func (r *Reconciler) scratchSlots(n uint32) []uint32 {
@@ -148,7 +194,7 @@ func (r *Reconciler) flushTables(pending []*tableWrite, deferSpares bool) {
 		}
 		w := &tw.j.w
 		if t := &vs.tables[vs.active]; t.ok && t.size == tw.size && t.hash == tw.hash {
-			t.inputs = tw.inputs // the same table (restored, or rebuilt): learn its input
+			t.input, t.inputKnown = tw.input, true // the same table (restored, or rebuilt): learn its input
 		} else {
 			g, err := w.freeGen(vs)
 			if err != nil {
@@ -163,6 +209,7 @@ func (r *Reconciler) flushTables(pending []*tableWrite, deferSpares bool) {
 			if !t.ok && !(used[g] && t.present) && !slices.Contains(tw.gens, g) {
 				if deferSpares && len(tw.gens) > 0 {
 					w.run.spares = append(w.run.spares, w.st.name)
+					r.keepForSpare(tw)
 					continue
 				}
 				tw.gens = append(tw.gens, g)
@@ -171,10 +218,7 @@ func (r *Reconciler) flushTables(pending []*tableWrite, deferSpares bool) {
 		if len(tw.gens) == 0 {
 			continue
 		}
-		ids := make([]BackendID, len(tw.slots))
-		for i, s := range tw.slots {
-			ids[i] = BackendID(s)
-		}
+		ids := asBackendIDs(tw.slots)
 		for _, g := range tw.gens {
 			vs.tables[g].present, vs.tables[g].ok = true, false
 			tables[vs.id.Table(g)] = ids
@@ -191,7 +235,7 @@ func (r *Reconciler) flushTables(pending []*tableWrite, deferSpares bool) {
 				tw.j.fail(fmt.Errorf("write Maglev table %s of service ID %d (%d slots): %w", id, vs.id, tw.size, err))
 				continue
 			}
-			vs.tables[g] = tableState{present: true, ok: true, size: tw.size, hash: tw.hash, inputs: tw.inputs}
+			vs.tables[g] = tableState{present: true, ok: true, inputKnown: true, size: tw.size, hash: tw.hash, input: tw.input}
 			if !switched {
 				// Both generations of a new view hold the same table:
 				// the keys may use whichever was written.
@@ -229,7 +273,8 @@ func (w *writer) freeGen(vs *viewState) (uint8, error) {
 // the entry last tried too (the map holds one of the two, or neither). A
 // key with no backends reads no table.
 func (w *writer) tableUsers(vs *viewState) (used [2]bool) {
-	for _, ks := range w.st.keys {
+	for i := range w.st.keys {
+		ks := &w.st.keys[i].keyState
 		for _, e := range ks.candidates() {
 			if e.ServiceID == vs.id && e.Backends > 0 {
 				used[e.TableGen&1] = true
@@ -265,13 +310,12 @@ func (w *writer) moveKeys(vs *viewState, from, to uint8) error {
 		}
 		return ServiceEntry{}, false
 	}
-	keep := func(k ServiceKey) bool {
-		_, move := onFrom(w.st.keys[k])
-		return !move
-	}
-	for _, k := range stale(w.st.keys, compareServiceKey, keep) {
-		ks := w.st.keys[k]
-		e, _ := onFrom(ks)
+	for i := range w.st.keys {
+		k, ks := w.st.keys[i].k, &w.st.keys[i].keyState
+		e, move := onFrom(ks)
+		if !move {
+			continue
+		}
 		e.TableGen, e.TableSize = to, t.size
 		if err := w.writeKey(k, ks, e); err != nil {
 			return fmt.Errorf("move service key %s (%s) to Maglev table %s: %w", frontendIdent{k.Addr, k.Port, k.Protocol}, k.Scope, vs.id.Table(to), err)

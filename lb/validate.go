@@ -161,73 +161,118 @@ func (v *validator) frontends(fes []Frontend) {
 	}
 	seen := make(map[Frontend]int, len(fes))
 	for i, fe := range fes {
-		obj := fmt.Sprintf("frontend %d (%s)", i, fe)
 		if why := checkAddr(fe.Addr); why != "" {
-			v.add("Frontends", i, "Addr", obj, "%s", why)
+			v.add("Frontends", i, "Addr", frontendObject(i, fe), "%s", why)
 		} else if first, j, _ := serviceFamily(fes); first.Addr.Is4() != fe.Addr.Is4() {
-			v.add("Frontends", i, "Addr", obj, "an %s frontend in a service whose frontend %d (%s) is %s: a service carries one address family (make a separate service per family)",
+			v.add("Frontends", i, "Addr", frontendObject(i, fe), "an %s frontend in a service whose frontend %d (%s) is %s: a service carries one address family (make a separate service per family)",
 				family(fe.Addr), j, first, family(first.Addr))
 		}
 		if fe.Port == 0 {
-			v.add("Frontends", i, "Port", obj, "port 0 is not valid (use 1-65535)")
+			v.add("Frontends", i, "Port", frontendObject(i, fe), "port 0 is not valid (use 1-65535)")
 		}
 		if !knownProtocol(fe.Protocol) {
-			v.add("Frontends", i, "Protocol", obj, "protocol %s is not supported (use TCP, UDP or SCTP)", fe.Protocol)
+			v.add("Frontends", i, "Protocol", frontendObject(i, fe), "protocol %s is not supported (use TCP, UDP or SCTP)", fe.Protocol)
 		}
 		if fe.Scope != ScopeExternal && fe.Scope != ScopeInternal {
-			v.add("Frontends", i, "Scope", obj, "scope %d is not known (use external or internal)", fe.Scope)
+			v.add("Frontends", i, "Scope", frontendObject(i, fe), "scope %d is not known (use external or internal)", fe.Scope)
 		}
 		if int(fe.Kind) >= len(kindNames) {
-			v.add("Frontends", i, "Kind", obj, "%s is not a known kind (use one of %s)", fe.Kind, strings.Join(kindNames[:], ", "))
+			v.add("Frontends", i, "Kind", frontendObject(i, fe), "%s is not a known kind (use one of %s)", fe.Kind, strings.Join(kindNames[:], ", "))
 		}
 		// Scope and Kind don't make two frontends different to a client:
 		// the socket hooks serve external frontends too.
 		key := Frontend{Addr: fe.Addr, Port: fe.Port, Protocol: fe.Protocol}
 		if j, dup := seen[key]; dup {
-			v.add("Frontends", i, "", obj, "duplicates frontend %d (remove one of them)", j)
+			v.add("Frontends", i, "", frontendObject(i, fe), "duplicates frontend %d (remove one of them)", j)
 			continue
 		}
 		seen[key] = i
 	}
 }
 
+// frontendObject names frontend i in a problem, formatted only then.
+func frontendObject(i int, fe Frontend) string { return fmt.Sprintf("frontend %d (%s)", i, fe) }
+
 func knownProtocol(p Protocol) bool { return p == TCP || p == UDP || p == SCTP }
 
 func (v *validator) backends(bes []Backend, fes []Frontend) {
-	seen := make(map[netip.AddrPort]int, len(bes))
+	seen := newSeenBackends(len(bes))
 	weighted := 0
 	for i, be := range bes {
-		obj := fmt.Sprintf("backend %d (%s)", i, be.AddrPort())
 		if be.Weight > 0 {
 			weighted++
 		}
 		if int(be.State) >= len(stateNames) {
-			v.add("Backends", i, "State", obj, "%s is not a known state (use active, terminating or quarantined)", be.State)
+			v.add("Backends", i, "State", backendObject(i, be), "%s is not a known state (use active, terminating or quarantined)", be.State)
 		}
 		if be.Port == 0 {
-			v.add("Backends", i, "Port", obj, "port 0 is not valid (use 1-65535)")
+			v.add("Backends", i, "Port", backendObject(i, be), "port 0 is not valid (use 1-65535)")
 		}
 		if why := checkAddr(be.Addr); why != "" {
-			v.add("Backends", i, "Addr", obj, "%s", why)
+			v.add("Backends", i, "Addr", backendObject(i, be), "%s", why)
 			continue
 		}
-		if j, dup := seen[be.AddrPort()]; dup {
-			v.add("Backends", i, "", obj, "duplicates backend %d (remove one of them)", j)
+		if j, dup := seen.first(bes, be.AddrPort()); dup {
+			v.add("Backends", i, "", backendObject(i, be), "duplicates backend %d (remove one of them)", j)
 		} else {
-			seen[be.AddrPort()] = i
+			seen.add(be.AddrPort(), i)
 		}
-		v.backendFamily(i, obj, be, fes)
+		v.backendFamily(i, be, fes)
 	}
 	if len(bes) > 0 && weighted == 0 {
 		v.add("Backends", -1, "Weight", "backends", "all %d backends have weight 0; give at least one a weight > 0", len(bes))
 	}
 }
 
+// seenBackends finds the first earlier backend with an address:port. A
+// service's few backends are scanned; only many get a map (a map per
+// service was most of what validating 10k services allocated).
+type seenBackends struct {
+	few [seenScanMax]int // indexes added, when there are few backends
+	n   int
+	m   map[netip.AddrPort]int
+}
+
+const seenScanMax = 16
+
+func newSeenBackends(n int) seenBackends {
+	if n <= seenScanMax {
+		return seenBackends{}
+	}
+	return seenBackends{m: make(map[netip.AddrPort]int, n)}
+}
+
+func (s *seenBackends) first(bes []Backend, ap netip.AddrPort) (int, bool) {
+	if s.m != nil {
+		j, ok := s.m[ap]
+		return j, ok
+	}
+	for _, j := range s.few[:s.n] {
+		if bes[j].AddrPort() == ap {
+			return j, true
+		}
+	}
+	return 0, false
+}
+
+func (s *seenBackends) add(ap netip.AddrPort, i int) {
+	if s.m != nil {
+		s.m[ap] = i
+		return
+	}
+	s.few[s.n] = i
+	s.n++
+}
+
+// backendObject names backend i in a problem. It is formatted only when
+// there is one: validation runs for every backend of a 10k-service sync.
+func backendObject(i int, be Backend) string { return fmt.Sprintf("backend %d (%s)", i, be.AddrPort()) }
+
 // backendFamily checks a backend against the service's family (see
 // serviceFamily) and its tunnel against its own address.
-func (v *validator) backendFamily(i int, obj string, be Backend, fes []Frontend) {
+func (v *validator) backendFamily(i int, be Backend, fes []Frontend) {
 	if fe, j, ok := serviceFamily(fes); ok && fe.Addr.Is4() != be.Addr.Is4() {
-		v.add("Backends", i, "Addr", obj, "an %s backend behind %s frontend %d (%s): the datapath does not translate between families (use %s backends, or a separate service per family)",
+		v.add("Backends", i, "Addr", backendObject(i, be), "an %s backend behind %s frontend %d (%s): the datapath does not translate between families (use %s backends, or a separate service per family)",
 			family(be.Addr), family(fe.Addr), j, fe, family(fe.Addr))
 		return
 	}
@@ -235,11 +280,11 @@ func (v *validator) backendFamily(i int, obj string, be Backend, fes []Frontend)
 		return
 	}
 	if why := checkAddr(be.Tunnel); why != "" {
-		v.add("Backends", i, "Tunnel", obj, "tunnel %s", why)
+		v.add("Backends", i, "Tunnel", backendObject(i, be), "tunnel %s", why)
 		return
 	}
 	if be.Tunnel.Is4() != be.Addr.Is4() {
-		v.add("Backends", i, "Tunnel", obj, "tunnel %s is %s but the backend is %s: DSR encapsulates within one family (use an %s node address)",
+		v.add("Backends", i, "Tunnel", backendObject(i, be), "tunnel %s is %s but the backend is %s: DSR encapsulates within one family (use an %s node address)",
 			be.Tunnel, family(be.Tunnel), family(be.Addr), family(be.Addr))
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/weir-lb/weir/bpf"
 	"github.com/weir-lb/weir/lb"
@@ -38,6 +40,12 @@ type ControlPlaneResult struct {
 	FullProgramSeconds float64 `json:"full_program_seconds"`
 	FullWrites         int     `json:"full_writes"`
 	SparesSeconds      float64 `json:"spares_seconds"`
+	// FullProgramCPUSeconds and SparesCPUSeconds are the CPU time (user
+	// and system, all threads) the process spent in the same spans: on a
+	// machine shared with other work they vary far less than the wall
+	// times.
+	FullProgramCPUSeconds float64 `json:"full_program_cpu_seconds"`
+	SparesCPUSeconds      float64 `json:"spares_cpu_seconds"`
 	// Changes single changes were applied (one backend of one service
 	// flips between active and terminating: its entry, its service's
 	// Maglev table and service entry change), each Upsert + Sync timed.
@@ -67,6 +75,8 @@ func benchControlPlane(ctx context.Context, args []string, out, log io.Writer) e
 	backends := fs.Int("backends", 10, "backends per service")
 	changes := fs.Int("changes", 200, "single changes applied and timed after the full program")
 	quiet := fs.BoolP("quiet", "q", false, "no progress lines on stderr")
+	heapProfile := fs.String("memprofile", "", "write a heap profile, taken where rss_bytes is read, of the last service count to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the full programs and their spare-table syncs to this file")
 	format.flags(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(log, "usage: weir bench control-plane [--services N,...] [--backends M] [--changes K] [--json|--csv]")
@@ -89,12 +99,17 @@ func benchControlPlane(ctx context.Context, args []string, out, log io.Writer) e
 	if os.Geteuid() != 0 {
 		return errors.New("the control-plane benchmark programs real BPF maps: run it as root")
 	}
+	prof, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer prof.Close()
 	var results []ControlPlaneResult
 	for _, n := range *services {
 		if !*quiet {
 			fmt.Fprintf(log, "control plane: %d services x %d backends\n", n, *backends)
 		}
-		r, err := controlPlaneRun(ctx, n, *backends, *changes)
+		r, err := controlPlaneRun(ctx, n, *backends, *changes, prof, *heapProfile)
 		if err != nil {
 			return err
 		}
@@ -144,7 +159,7 @@ func addrAdd(a netip.Addr, n uint32) netip.Addr {
 // controlPlaneRun programs n services of m backends into fresh maps under
 // a temporary bpffs directory (removed before it returns), then applies
 // changes single changes.
-func controlPlaneRun(ctx context.Context, n, m, changes int) (res ControlPlaneResult, err error) {
+func controlPlaneRun(ctx context.Context, n, m, changes int, prof *cpuProfile, heapProfile string) (res ControlPlaneResult, err error) {
 	res = ControlPlaneResult{Services: n, Backends: m, Changes: changes}
 	const base = "/sys/fs/bpf"
 	if err := bpf.EnsureBPFFS(base); err != nil {
@@ -172,10 +187,13 @@ func controlPlaneRun(ctx context.Context, n, m, changes int) (res ControlPlaneRe
 	for i := range all {
 		all[i] = benchService(i, m)
 	}
+	prof.resume()
+	cpu := processCPU()
 	start := time.Now()
 	r.Replace(all)
 	sr, err := r.Sync()
 	res.FullProgramSeconds = time.Since(start).Seconds()
+	res.FullProgramCPUSeconds = processCPU() - cpu
 	if err != nil {
 		return res, fmt.Errorf("program %d services: %w", n, err)
 	}
@@ -184,6 +202,7 @@ func controlPlaneRun(ctx context.Context, n, m, changes int) (res ControlPlaneRe
 	}
 	res.FullWrites = sr.Writes
 	// As the agent's runner does: sync again while the reconciler asks.
+	cpu = processCPU()
 	start = time.Now()
 	for i := 0; sr.Again; i++ {
 		if i == 100 {
@@ -194,6 +213,8 @@ func controlPlaneRun(ctx context.Context, n, m, changes int) (res ControlPlaneRe
 		}
 	}
 	res.SparesSeconds = time.Since(start).Seconds()
+	res.SparesCPUSeconds = processCPU() - cpu
+	prof.pause()
 	// The desired state now lives in the reconciler, as in an agent.
 	all = nil
 	var lat []float64
@@ -234,8 +255,70 @@ func controlPlaneRun(ctx context.Context, n, m, changes int) (res ControlPlaneRe
 	runtime.ReadMemStats(&ms)
 	res.GoHeapBytes = ms.HeapAlloc
 	res.RSSBytes, res.RSSPeakBytes, err = procMemory()
+	if err == nil && heapProfile != "" {
+		err = writeHeapProfile(heapProfile)
+	}
 	runtime.KeepAlive(r)
 	return res, err
+}
+
+// cpuProfile collects a CPU profile over the timed full programs only:
+// pprof can't pause, so each full program is its own profile, and the
+// file keeps the last one. A nil *cpuProfile does nothing.
+type cpuProfile struct {
+	path string
+	f    *os.File
+}
+
+func startCPUProfile(path string) (*cpuProfile, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return &cpuProfile{path: path}, nil
+}
+
+func (p *cpuProfile) resume() {
+	if p == nil {
+		return
+	}
+	f, err := os.Create(p.path)
+	if err != nil {
+		return
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return
+	}
+	p.f = f
+}
+
+func (p *cpuProfile) pause() {
+	if p == nil || p.f == nil {
+		return
+	}
+	pprof.StopCPUProfile()
+	p.f.Close()
+	p.f = nil
+}
+
+func (p *cpuProfile) Close() { p.pause() }
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return errors.Join(pprof.Lookup("heap").WriteTo(f, 0), f.Close())
+}
+
+// processCPU is the user and system CPU time of the process so far, in
+// seconds; 0 when the kernel won't say.
+func processCPU() float64 {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // percentile of sorted values, nearest rank.
@@ -287,10 +370,11 @@ func writeControlPlaneTable(w io.Writer, rs []ControlPlaneResult) error {
 }
 
 func writeControlPlaneCSV(w io.Writer, rs []ControlPlaneResult) error {
-	fmt.Fprintln(w, "services,backends,full_program_seconds,full_writes,spares_seconds,changes,change_p50_seconds,change_p99_seconds,change_max_seconds,change_writes,rss_bytes,rss_peak_bytes,go_heap_bytes")
+	fmt.Fprintln(w, "services,backends,full_program_seconds,full_writes,spares_seconds,changes,change_p50_seconds,change_p99_seconds,change_max_seconds,change_writes,rss_bytes,rss_peak_bytes,go_heap_bytes,full_program_cpu_seconds,spares_cpu_seconds")
 	for _, r := range rs {
-		fmt.Fprintf(w, "%d,%d,%g,%d,%g,%d,%g,%g,%g,%g,%d,%d,%d\n", r.Services, r.Backends, r.FullProgramSeconds, r.FullWrites, r.SparesSeconds, r.Changes,
-			r.ChangeP50Seconds, r.ChangeP99Seconds, r.ChangeMaxSeconds, r.ChangeWrites, r.RSSBytes, r.RSSPeakBytes, r.GoHeapBytes)
+		fmt.Fprintf(w, "%d,%d,%g,%d,%g,%d,%g,%g,%g,%g,%d,%d,%d,%g,%g\n", r.Services, r.Backends, r.FullProgramSeconds, r.FullWrites, r.SparesSeconds, r.Changes,
+			r.ChangeP50Seconds, r.ChangeP99Seconds, r.ChangeMaxSeconds, r.ChangeWrites, r.RSSBytes, r.RSSPeakBytes, r.GoHeapBytes,
+			r.FullProgramCPUSeconds, r.SparesCPUSeconds)
 	}
 	return nil
 }

@@ -23,23 +23,26 @@ const (
 	DeleteSourceRange = "DeleteSourceRange"
 	UpsertService     = "UpsertService"
 	DeleteService     = "DeleteService"
-	UpsertMaglevs     = "UpsertMaglevs" // lb.MaglevBatcher
-	DeleteMaglevs     = "DeleteMaglevs" // lb.MaglevBatcher
+	UpsertMaglevs     = "UpsertMaglevs"   // lb.MaglevBatcher
+	DeleteMaglevs     = "DeleteMaglevs"   // lb.MaglevBatcher
+	UpsertBackends    = "UpsertBackends"  // lb.EntryBatcher
+	UpsertFrontends   = "UpsertFrontends" // lb.EntryBatcher
+	UpsertServices    = "UpsertServices"  // lb.EntryBatcher
 	Dump              = "Dump"
 )
 
-// WriteMethods lists the lb.Datapath and lb.MaglevBatcher methods that
-// change state.
+// WriteMethods lists the lb.Datapath, lb.MaglevBatcher and
+// lb.EntryBatcher methods that change state.
 func WriteMethods() []string {
 	return []string{
 		UpsertBackend, DeleteBackend, UpsertMaglev, DeleteMaglev, UpsertFrontend,
 		DeleteFrontend, UpsertSourceRange, DeleteSourceRange, UpsertService, DeleteService,
-		UpsertMaglevs, DeleteMaglevs,
+		UpsertMaglevs, DeleteMaglevs, UpsertBackends, UpsertFrontends, UpsertServices,
 	}
 }
 
-// Fake is an in-memory lb.Datapath and lb.MaglevBatcher (wrap it in Plain
-// to hide the batch methods). Like the maps, it stores what it is given
+// Fake is an in-memory lb.Datapath, lb.MaglevBatcher and lb.EntryBatcher
+// (wrap it in Plain to hide the batch methods). Like the maps, it stores what it is given
 // without judging it, except that it rejects ID 0 (never allocated) and
 // empty tables, so that a reconciler bug shows up as an error. Like the
 // BPF datapath, it counts a table written over one of the same size as
@@ -55,6 +58,7 @@ type Fake struct {
 var (
 	_ lb.Datapath      = (*Fake)(nil)
 	_ lb.MaglevBatcher = (*Fake)(nil)
+	_ lb.EntryBatcher  = (*Fake)(nil)
 )
 
 // NewFake returns an empty Fake.
@@ -154,13 +158,42 @@ func nonZero[T ~uint32](what string, id T) error {
 }
 
 func (f *Fake) UpsertBackend(id lb.BackendID, e lb.BackendEntry) error {
-	return f.write(UpsertBackend, id, func() error {
-		if err := errors.Join(nonZero("backend", id), nonZero("service", e.ServiceID)); err != nil {
-			return err
+	return f.write(UpsertBackend, id, func() error { return put(f.st.Backends, id, e, checkBackend) })
+}
+
+// UpsertBackends writes backends in order, stopping at the first invalid
+// one, as a kernel batch update stops at the first failure.
+func (f *Fake) UpsertBackends(ids []lb.BackendID, es []lb.BackendEntry) (int, error) {
+	return putEach(f, UpsertBackends, f.st.Backends, ids, es, checkBackend)
+}
+
+func checkBackend(id lb.BackendID, e lb.BackendEntry) error {
+	return errors.Join(nonZero("backend", id), nonZero("service", e.ServiceID))
+}
+
+// put stores e at k when check accepts it.
+func put[K comparable, V any](m map[K]V, k K, e V, check func(K, V) error) error {
+	if err := check(k, e); err != nil {
+		return err
+	}
+	m[k] = e
+	return nil
+}
+
+// putEach is one batch write: entries in order, up to the first that
+// check refuses; it returns how many it stored.
+func putEach[K comparable, V any](f *Fake, method string, m map[K]V, ks []K, es []V, check func(K, V) error) (int, error) {
+	n := 0
+	err := f.write(method, len(ks), func() error {
+		for i, k := range ks {
+			if err := put(m, k, es[i], check); err != nil {
+				return fmt.Errorf("entry %d (%v): %w", i, k, err)
+			}
+			n++
 		}
-		f.st.Backends[id] = e
 		return nil
 	})
+	return n, err
 }
 
 func (f *Fake) DeleteBackend(id lb.BackendID) error {
@@ -240,13 +273,16 @@ func (f *Fake) DeleteMaglev(id lb.TableID) error {
 }
 
 func (f *Fake) UpsertFrontend(id lb.FrontendID, e lb.FrontendEntry) error {
-	return f.write(UpsertFrontend, id, func() error {
-		if err := errors.Join(nonZero("frontend", id), nonZero("service", e.ServiceID)); err != nil {
-			return err
-		}
-		f.st.Frontends[id] = e
-		return nil
-	})
+	return f.write(UpsertFrontend, id, func() error { return put(f.st.Frontends, id, e, checkFrontend) })
+}
+
+// UpsertFrontends is UpsertBackends for frontends.
+func (f *Fake) UpsertFrontends(ids []lb.FrontendID, es []lb.FrontendEntry) (int, error) {
+	return putEach(f, UpsertFrontends, f.st.Frontends, ids, es, checkFrontend)
+}
+
+func checkFrontend(id lb.FrontendID, e lb.FrontendEntry) error {
+	return errors.Join(nonZero("frontend", id), nonZero("service", e.ServiceID))
 }
 
 func (f *Fake) DeleteFrontend(id lb.FrontendID) error {
@@ -284,13 +320,16 @@ func (f *Fake) DeleteSourceRange(id lb.ServiceID, p netip.Prefix) error {
 }
 
 func (f *Fake) UpsertService(k lb.ServiceKey, e lb.ServiceEntry) error {
-	return f.write(UpsertService, k, func() error {
-		if err := errors.Join(nonZero("service", e.ServiceID), nonZero("frontend", e.FrontendID)); err != nil {
-			return err
-		}
-		f.st.Services[k] = e
-		return nil
-	})
+	return f.write(UpsertService, k, func() error { return put(f.st.Services, k, e, checkService) })
+}
+
+// UpsertServices is UpsertBackends for service keys.
+func (f *Fake) UpsertServices(ks []lb.ServiceKey, es []lb.ServiceEntry) (int, error) {
+	return putEach(f, UpsertServices, f.st.Services, ks, es, checkService)
+}
+
+func checkService(_ lb.ServiceKey, e lb.ServiceEntry) error {
+	return errors.Join(nonZero("service", e.ServiceID), nonZero("frontend", e.FrontendID))
 }
 
 func (f *Fake) DeleteService(k lb.ServiceKey) error {

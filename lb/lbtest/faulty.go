@@ -28,9 +28,11 @@ type Call struct {
 // Faulty wraps an lb.Datapath and fails chosen calls with an error
 // wrapping ErrInjected. A failed call doesn't reach the wrapped datapath,
 // as a map update the kernel refused leaves the map unchanged, except a
-// failed batch call (lb.MaglevBatcher, which Faulty always offers): it
-// applies the first half of its tables, in ID order, as a real batch that
-// fails midway does. Rules stay until Clear; the first matching rule fails
+// failed batch call (lb.MaglevBatcher and lb.EntryBatcher, which Faulty
+// always offers): it applies the first half of its tables (in ID order)
+// or entries (in the order given), as a real batch that fails midway
+// does. A batch of entries is one call of its own method (UpsertBackends,
+// ...), with the keys and entries as Args. Rules stay until Clear; the first matching rule fails
 // the call.
 type Faulty struct {
 	inner lb.Datapath
@@ -50,6 +52,7 @@ type faultRule struct {
 var (
 	_ lb.Datapath      = (*Faulty)(nil)
 	_ lb.MaglevBatcher = (*Faulty)(nil)
+	_ lb.EntryBatcher  = (*Faulty)(nil)
 )
 
 // NewFaulty wraps inner, failing nothing until told.
@@ -242,4 +245,39 @@ func (f *Faulty) DeleteMaglevs(ids []lb.TableID) error {
 		}
 	}
 	return nil
+}
+
+func (f *Faulty) UpsertBackends(ids []lb.BackendID, es []lb.BackendEntry) (int, error) {
+	return upsertBatch(f, UpsertBackends, ids, es, f.inner.UpsertBackend, lb.EntryBatcher.UpsertBackends)
+}
+
+func (f *Faulty) UpsertFrontends(ids []lb.FrontendID, es []lb.FrontendEntry) (int, error) {
+	return upsertBatch(f, UpsertFrontends, ids, es, f.inner.UpsertFrontend, lb.EntryBatcher.UpsertFrontends)
+}
+
+func (f *Faulty) UpsertServices(ks []lb.ServiceKey, es []lb.ServiceEntry) (int, error) {
+	return upsertBatch(f, UpsertServices, ks, es, f.inner.UpsertService, lb.EntryBatcher.UpsertServices)
+}
+
+// upsertBatch passes a batch of entries on, as a batch when the wrapped
+// datapath takes one, else entry by entry. An injected failure writes the
+// first half and reports that count.
+func upsertBatch[K, V any](f *Faulty, method string, ks []K, es []V, one func(K, V) error, batch func(lb.EntryBatcher, []K, []V) (int, error)) (int, error) {
+	if err := f.check(method, ks, es); err != nil {
+		n, _ := upsertEach(ks[:len(ks)/2], es, one)
+		return n, err
+	}
+	if b, ok := f.inner.(lb.EntryBatcher); ok {
+		return batch(b, ks, es)
+	}
+	return upsertEach(ks, es, one)
+}
+
+func upsertEach[K, V any](ks []K, es []V, one func(K, V) error) (int, error) {
+	for i, k := range ks {
+		if err := one(k, es[i]); err != nil {
+			return i, err
+		}
+	}
+	return len(ks), nil
 }
