@@ -89,7 +89,7 @@ type AffinityKey struct {
 // AffinityValue must match struct affinity_value in bpf/include/types.h.
 type AffinityValue struct {
 	_         structs.HostLayout
-	LastUsed  uint64 // bpf_ktime_get_ns()
+	LastUsed  uint64 // CLOCK_MONOTONIC ns (XDP: the coarse clock)
 	BackendID uint32
 	_         uint32
 }
@@ -117,7 +117,7 @@ type CTKey struct {
 // CTValue must match struct ct_value in bpf/include/types.h.
 type CTValue struct {
 	_          structs.HostLayout
-	LastSeen   uint64 // bpf_ktime_get_ns()
+	LastSeen   uint64 // CLOCK_MONOTONIC ns, coarse (bpf_ktime_get_coarse_ns)
 	BackendID  uint32
 	FrontendID uint32
 	ServiceID  uint32

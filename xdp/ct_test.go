@@ -243,3 +243,81 @@ func TestFIBCache(t *testing.T) {
 		t.Errorf("cached length %d after a larger packet, want %d", ct.FibLen, len(big)-14+20)
 	}
 }
+
+// TestNewFlowCachesNextHop: a new flow's conntrack entry is written with
+// the next hop its first packet resolved, so its second packet needs no
+// FIB lookup; a next hop that didn't resolve (no neighbour) is not
+// cached, and the entry is still written.
+func TestNewFlowCachesNextHop(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			e := newEnv(t, Config{})
+			s := dsrService(f, protoTCP)
+			s.Table = []lb.BackendID{1}
+			e.addService(t, s)
+			fl := clientFlow(f, protoTCP, 7100)
+			in := packet(fl, pktOpts{TCPFlags: tcpSYN})
+			v, out := e.run(t, in)
+			wantVerdict(t, v, xdpTX)
+			wantDSR(t, out, in, f.tunA, f.prefix, macLB, macNH)
+			outer := 20
+			if f.name == "v6" {
+				outer = 40
+			}
+			key := ctKeyOf(fl)
+			var ct bpf.CTValue
+			must(t, e.maps.CT.Lookup(&key, &ct))
+			if ct.FibIfindex != uint32(e.ifindex) || net.HardwareAddr(ct.FibDmac[:]).String() != macNH.String() ||
+				net.HardwareAddr(ct.FibSmac[:]).String() != macLB.String() || int(ct.FibLen) != len(in)-14+outer {
+				t.Errorf("new flow's entry: ifindex %d dmac %x smac %x len %d", ct.FibIfindex, ct.FibDmac, ct.FibSmac, ct.FibLen)
+			}
+
+			// Unresolved neighbour: passed to the stack, entry without a
+			// next hop.
+			tunC := netip.MustParseAddr("10.3.0.5")
+			if f.name == "v6" {
+				tunC = netip.MustParseAddr("fd03::5")
+			}
+			e.addBackend(t, s.ID, be{ID: 3, Addr: s.Backends[0].Addr, Tunnel: tunC})
+			e.setTable(t, s.ID, 3)
+			fl2 := fl.withSport(7101)
+			v, _ = e.run(t, packet(fl2, pktOpts{TCPFlags: tcpSYN}))
+			wantVerdict(t, v, xdpPass)
+			key = ctKeyOf(fl2)
+			must(t, e.maps.CT.Lookup(&key, &ct))
+			if ct.BackendID != 3 || ct.FibIfindex != 0 {
+				t.Errorf("unresolved flow's entry: backend %d ifindex %d, want 3 and 0", ct.BackendID, ct.FibIfindex)
+			}
+		})
+	}
+}
+
+// TestConntrackClockAhead: the datapath's clock is the coarse monotonic
+// clock, which lags the precise one by up to a tick; an entry stamped by
+// the precise clock (the agent, a test) a little ahead of it is fresh,
+// not idle for 2^64 ns.
+func TestConntrackClockAhead(t *testing.T) {
+	e := newEnv(t, Config{})
+	f := families[0]
+	s := dsrService(f, protoTCP)
+	s.Table = []lb.BackendID{1}
+	e.addService(t, s)
+	fl := clientFlow(f, protoTCP, 7200)
+	if got := e.backendOf(t, fl); got != f.tunA {
+		t.Fatalf("got %s", got)
+	}
+	e.setTable(t, s.ID, 2)
+	key := ctKeyOf(fl)
+	var ct bpf.CTValue
+	must(t, e.maps.CT.Lookup(&key, &ct))
+	ahead := monotonicNow(t) + uint64(50*time.Millisecond)
+	ct.LastSeen = ahead
+	must(t, e.maps.CT.Update(&key, &ct, ebpf.UpdateExist))
+	if got := e.backendOf(t, fl); got != f.tunA {
+		t.Errorf("flow stamped ahead of the clock moved to %s", got)
+	}
+	must(t, e.maps.CT.Lookup(&key, &ct))
+	if ct.LastSeen != ahead {
+		t.Errorf("last_seen rewritten to %d (ahead: %d)", ct.LastSeen, ahead)
+	}
+}

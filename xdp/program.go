@@ -80,7 +80,7 @@ func missingFeature() error {
 			return fmt.Errorf("map type %s: %w", mt, err)
 		}
 	}
-	for _, h := range []asm.BuiltinFunc{asm.FnFibLookup, asm.FnXdpAdjustHead, asm.FnXdpAdjustTail, asm.FnXdpLoadBytes, asm.FnRedirect, asm.FnRingbufOutput, asm.FnTailCall} {
+	for _, h := range []asm.BuiltinFunc{asm.FnFibLookup, asm.FnXdpAdjustHead, asm.FnXdpAdjustTail, asm.FnXdpLoadBytes, asm.FnRedirect, asm.FnRingbufReserve, asm.FnRingbufSubmit, asm.FnKtimeGetCoarseNs, asm.FnTailCall} {
 		if err := features.HaveProgramHelper(ebpf.XDP, h); err != nil {
 			return fmt.Errorf("helper %s: %w", h, err)
 		}

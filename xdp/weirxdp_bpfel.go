@@ -169,6 +169,7 @@ const (
 	weirXDPMapWeirBackendStats    = "weir_backend_stats"
 	weirXDPMapWeirBackends        = "weir_backends"
 	weirXDPMapWeirCt              = "weir_ct"
+	weirXDPMapWeirCtNew           = "weir_ct_new"
 	weirXDPMapWeirDrops           = "weir_drops"
 	weirXDPMapWeirEventBudget     = "weir_event_budget"
 	weirXDPMapWeirEvents          = "weir_events"
@@ -255,6 +256,7 @@ type weirXDPMapSpecs struct {
 	WeirBackendStats    *ebpf.MapSpec `ebpf:"weir_backend_stats"`
 	WeirBackends        *ebpf.MapSpec `ebpf:"weir_backends"`
 	WeirCt              *ebpf.MapSpec `ebpf:"weir_ct"`
+	WeirCtNew           *ebpf.MapSpec `ebpf:"weir_ct_new"`
 	WeirDrops           *ebpf.MapSpec `ebpf:"weir_drops"`
 	WeirEventBudget     *ebpf.MapSpec `ebpf:"weir_event_budget"`
 	WeirEvents          *ebpf.MapSpec `ebpf:"weir_events"`
@@ -315,6 +317,7 @@ type weirXDPMaps struct {
 	WeirBackendStats    *ebpf.Map `ebpf:"weir_backend_stats"`
 	WeirBackends        *ebpf.Map `ebpf:"weir_backends"`
 	WeirCt              *ebpf.Map `ebpf:"weir_ct"`
+	WeirCtNew           *ebpf.Map `ebpf:"weir_ct_new"`
 	WeirDrops           *ebpf.Map `ebpf:"weir_drops"`
 	WeirEventBudget     *ebpf.Map `ebpf:"weir_event_budget"`
 	WeirEvents          *ebpf.Map `ebpf:"weir_events"`
@@ -338,6 +341,7 @@ func (m *weirXDPMaps) Close() error {
 		m.WeirBackendStats,
 		m.WeirBackends,
 		m.WeirCt,
+		m.WeirCtNew,
 		m.WeirDrops,
 		m.WeirEventBudget,
 		m.WeirEvents,

@@ -5,6 +5,7 @@
 #define WEIR_AFFINITY_H
 
 #include "common.h"
+#include "conntrack.h"
 #include "maps.h"
 #include "parse.h"
 
@@ -32,7 +33,7 @@ static __always_inline __u32 affinity_get(const struct service_value *svc, const
 	v = bpf_map_lookup_elem(&weir_affinity, &k);
 	if (!v)
 		return 0;
-	if (now - v->last_used > (__u64)svc->affinity_timeout * WEIR_NSEC_PER_SEC)
+	if (lb_age(now, v->last_used) > (__s64)((__u64)svc->affinity_timeout * WEIR_NSEC_PER_SEC))
 		return 0;
 	id = v->backend_id;
 	be = bpf_map_lookup_elem(&weir_backends, &id);

@@ -65,23 +65,21 @@ static __always_inline int fib_failed(struct xdp_md *ctx, const struct pkt *p, i
 /* flow_fib resolves the next hop of a flow's packet: from the flow's
  * conntrack entry when it caches a result checked for a packet at least
  * this large and no refresh is due, otherwise with a FIB lookup whose
- * success is cached there. ct is NULL for a packet without an entry (a
- * new flow: its next packet fills the cache). */
+ * success is cached there. A new flow's entry (refresh set) is filled
+ * before it is written, so its next packets find the next hop. */
 static __always_inline int flow_fib(struct xdp_md *ctx, struct ct_value *ct, int refresh,
 				    struct bpf_fib_lookup *fib, const union addr *src, const union addr *dst,
 				    __u8 l4proto, __u32 tot_len)
 {
 	int rc;
 
-	if (ct && !refresh && ct->fib_ifindex && tot_len <= ct->fib_len) {
+	if (!refresh && ct->fib_ifindex && tot_len <= ct->fib_len) {
 		fib->ifindex = ct->fib_ifindex;
 		__builtin_memcpy(fib->dmac, ct->fib_dmac, ETH_ALEN);
 		__builtin_memcpy(fib->smac, ct->fib_smac, ETH_ALEN);
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
 	rc = fib_lookup(ctx, fib, src, dst, l4proto, tot_len);
-	if (!ct)
-		return rc;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		ct->fib_ifindex = 0;
 		return rc;
@@ -96,13 +94,23 @@ static __always_inline int flow_fib(struct xdp_md *ctx, struct ct_value *ct, int
 	return rc;
 }
 
+/* ct_commit writes a new flow's conntrack entry (new_key set) once the
+ * forward has resolved its next hop into it; an established flow's entry
+ * was updated in place. */
+static __always_inline void ct_commit(const struct ct_key *new_key, const struct ct_value *ct)
+{
+	if (new_key)
+		bpf_map_update_elem(&weir_ct, new_key, ct, BPF_ANY);
+}
+
 /* dsr_forward encapsulates the client's packet to the backend's node.
  * A backend on this node (the tunnel address is one of the node's
  * addresses) gets the packet through the stack unchanged. With the next hop's neighbour unresolved,
  * the encapsulated packet is passed to the stack, which forwards it and
  * resolves the neighbour. */
 static __always_inline int dsr_forward(struct xdp_md *ctx, const struct pkt *p, const struct backend_value *be,
-				       struct ct_value *ct, int refresh, __u32 service_id, __u32 backend_id)
+				       struct ct_value *ct, const struct ct_key *new_key, int refresh, __u32 service_id,
+				       __u32 backend_id)
 {
 	struct bpf_fib_lookup fib;
 	union addr src, dst;
@@ -117,6 +125,7 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, const struct pkt *p, 
 	encap_source(&src, p, outer4);
 	rc = flow_fib(ctx, ct, refresh, &fib, &src, &dst, p->family == 4 ? IPPROTO_IPIP : IPPROTO_IPV6,
 		      p->l3_len + olen);
+	ct_commit(new_key, ct);
 	/* Not forwarded: a local address (the backend is on this node), or
 	 * no route at all. */
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED && bpf_map_lookup_elem(&weir_node_addrs, dst.b)) {
@@ -136,8 +145,8 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, const struct pkt *p, 
 /* snat_forward sends the client's packet to the backend from the node's
  * SNAT address and the flow's NAT port. */
 static __always_inline int snat_forward(struct xdp_md *ctx, const struct pkt *p, const struct backend_value *be,
-					__be16 nat_port, struct ct_value *ct, int refresh, __u32 service_id,
-					__u32 backend_id)
+					__be16 nat_port, struct ct_value *ct, const struct ct_key *new_key, int refresh,
+					__u32 service_id, __u32 backend_id)
 {
 	struct bpf_fib_lookup fib;
 	struct nat_target t;
@@ -149,6 +158,7 @@ static __always_inline int snat_forward(struct xdp_md *ctx, const struct pkt *p,
 	t.sport = nat_port;
 	t.dport = be->port;
 	rc = flow_fib(ctx, ct, refresh, &fib, &t.saddr, &t.daddr, p->proto, p->l3_len);
+	ct_commit(new_key, ct);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return fib_failed(ctx, p, rc, &fib, 0, service_id);
 	if (nat_rewrite(ctx, p, &t))
@@ -197,8 +207,8 @@ static __always_inline int snat_reverse(struct xdp_md *ctx, const struct pkt *p)
 	__builtin_memcpy(t.daddr.b, v->client, 16);
 	t.sport = fe->port;
 	t.dport = v->client_port;
-	now = bpf_ktime_get_ns();
-	if (now - v->last_seen >= WEIR_CT_REFRESH_NS)
+	now = lb_now();
+	if (lb_age(now, v->last_seen) >= (__s64)WEIR_CT_REFRESH_NS)
 		v->last_seen = now;
 	rc = fib_lookup(ctx, &fib, &t.saddr, &t.daddr, p->proto, p->l3_len);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
@@ -227,8 +237,9 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 {
 	__u32 sid = svc->service_id, fid = svc->frontend_id, be_id;
 	struct backend_value *be;
-	struct ct_value *ct, nct;
-	struct ct_key ck;
+	struct ct_value *ct;
+	struct ct_key ck, *new_key = NULL;
+	__u32 zero = 0;
 	__be16 nat_port = 0;
 	int snat, refresh = 0;
 	__u64 now;
@@ -237,7 +248,7 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 	    (weir_stages_enabled & WEIR_STAGE_BIT(WEIR_STAGE_SOURCE_RANGES)) && !source_allowed(svc, p))
 		return count_drop(p, WEIR_REASON_SOURCE_RANGE, sid, XDP_DROP);
 
-	now = bpf_ktime_get_ns();
+	now = lb_now();
 	ct_key_from(&ck, p);
 	ct = bpf_map_lookup_elem(&weir_ct, &ck);
 	if (ct && ct->service_id == sid && !ct_stale(ct, p->proto, now)) {
@@ -258,7 +269,6 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 	}
 
 	/* New flow. */
-	ct = NULL;
 	if (!svc->backends)
 		return reject(ctx, p, sid);
 	be_id = 0;
@@ -278,22 +288,28 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 		if (snat_alloc(p, be, fid, now, &nat_port))
 			return count_drop(p, WEIR_REASON_SNAT_NO_PORT, sid, XDP_DROP);
 	}
-	__builtin_memset(&nct, 0, sizeof(nct));
-	nct.last_seen = now;
-	nct.backend_id = be_id;
-	nct.frontend_id = fid;
-	nct.service_id = sid;
-	nct.nat_port = nat_port;
-	nct.flags = snat ? WEIR_CT_F_SNAT : 0;
-	bpf_map_update_elem(&weir_ct, &ck, &nct, BPF_ANY);
+	/* The entry is written by the forward, with the next hop it
+	 * resolves. */
+	ct = bpf_map_lookup_elem(&weir_ct_new, &zero);
+	if (!ct) /* never: slot 0 of a per-CPU array */
+		return XDP_ABORTED;
+	__builtin_memset(ct, 0, sizeof(*ct));
+	ct->last_seen = now;
+	ct->backend_id = be_id;
+	ct->frontend_id = fid;
+	ct->service_id = sid;
+	ct->nat_port = nat_port;
+	ct->flags = snat ? WEIR_CT_F_SNAT : 0;
+	new_key = &ck;
+	refresh = 1;
 	if (svc->flags & WEIR_SVC_AFFINITY)
 		affinity_put(svc, p, be_id, now);
 	new_flow_event(p, sid, be_id);
 
 forward:
 	if (snat)
-		return snat_forward(ctx, p, be, nat_port, ct, refresh, sid, be_id);
-	return dsr_forward(ctx, p, be, ct, refresh, sid, be_id);
+		return snat_forward(ctx, p, be, nat_port, ct, new_key, refresh, sid, be_id);
+	return dsr_forward(ctx, p, be, ct, new_key, refresh, sid, be_id);
 }
 
 /* lb_process is the whole XDP datapath after the pre-LB stages: parse,

@@ -51,31 +51,38 @@ static __always_inline void event_lost(void)
 		(*n)++;
 }
 
-/* emit_event writes an event about p, within the rate bound. */
+/* emit_event writes an event about p, within the rate bound. The event
+ * is built in place in the ring buffer: a copy on the stack would take
+ * room the load balancer's deepest path needs (the stack of a program
+ * and the functions it calls is 512 bytes in all). */
 static __attribute__((noinline)) void emit_event(const struct pkt *p, __u8 type, __u8 reason, __u32 service_id,
 						 __u32 backend_id)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct event ev = {
-		.timestamp = now,
-		.ifindex = p->ifindex,
-		.service_id = service_id,
-		.backend_id = backend_id,
-		.type = type,
-		.reason = reason,
-		.proto = p->proto,
-		.sport = p->sport,
-		.dport = p->dport,
-	};
+	struct event *ev;
 
 	if (!event_take(now)) {
 		event_lost();
 		return;
 	}
-	__builtin_memcpy(ev.saddr, p->saddr.b, 16);
-	__builtin_memcpy(ev.daddr, p->daddr.b, 16);
-	if (bpf_ringbuf_output(&weir_events, &ev, sizeof(ev), 0))
+	ev = bpf_ringbuf_reserve(&weir_events, sizeof(*ev), 0);
+	if (!ev) {
 		event_lost();
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->timestamp = now;
+	ev->ifindex = p->ifindex;
+	ev->service_id = service_id;
+	ev->backend_id = backend_id;
+	ev->type = type;
+	ev->reason = reason;
+	ev->proto = p->proto;
+	ev->sport = p->sport;
+	ev->dport = p->dport;
+	__builtin_memcpy(ev->saddr, p->saddr.b, 16);
+	__builtin_memcpy(ev->daddr, p->daddr.b, 16);
+	bpf_ringbuf_submit(ev, 0);
 }
 
 /* count_drop counts a dropped (or rejected) packet under reason and reports it.

@@ -67,7 +67,7 @@ struct affinity_key {
 };
 
 struct affinity_value {
-	__u64 last_used; /* bpf_ktime_get_ns() */
+	__u64 last_used; /* CLOCK_MONOTONIC ns (XDP: the coarse clock) */
 	__u32 backend_id;
 	__u32 pad;
 };
@@ -88,7 +88,7 @@ struct ct_key {
 };
 
 struct ct_value {
-	__u64 last_seen; /* bpf_ktime_get_ns() */
+	__u64 last_seen; /* CLOCK_MONOTONIC ns, coarse (bpf_ktime_get_coarse_ns) */
 	__u32 backend_id;
 	__u32 frontend_id;
 	__u32 service_id;

@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "stages.h"
+#include "types.h"
 
 /* The load balancer as a stage program, defined in xdp_lb.c. */
 int weir_stage_lb(struct xdp_md *ctx);
@@ -26,6 +27,17 @@ struct {
  * agent flips bits through the mmapped map without reloading anything;
  * the source-range check is on by default. */
 __u32 weir_stages_enabled = WEIR_STAGE_BIT(WEIR_STAGE_SOURCE_RANGES);
+
+/* A new flow's conntrack entry while the forward fills in its next hop,
+ * before it is written to weir_ct (slot 0, per CPU): the stack has no
+ * room for it beside the forward's FIB parameters (512 bytes for the
+ * program and the functions it calls). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_value);
+} weir_ct_new SEC(".maps");
 
 /* Per-CPU token bucket bounding the event rate. */
 struct event_budget {
