@@ -31,10 +31,10 @@ volatile const __u64 host_netns_cookie = 0;
 volatile const __u32 skip_cgroups = 0;
 
 /* Non-zero to record, per TCP connection, the service address it was
- * dialled through, so getpeername shows it. The record (socket local
- * storage) is most of a translated connect's cost; without it getpeername
- * on a TCP socket shows the backend. UDP always records: resolvers check
- * the source address of replies. */
+ * dialled through, so getpeername shows it (a write to
+ * weir_sock_peer_slots); without it getpeername on a TCP socket shows the
+ * backend. UDP always records: resolvers check the source address of
+ * replies. */
 volatile const __u32 tcp_peer_name = 1;
 
 #define AF_INET 2
@@ -113,8 +113,10 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, struct serv
 
 	if (!connect)
 		sock_revnat_store(ctx, be, key, svc->frontend_id);
-	else if (tcp_peer_name || key->proto != IPPROTO_TCP)
+	else if (key->proto != IPPROTO_TCP)
 		sock_peer_store(ctx, be, key, svc->frontend_id);
+	else if (tcp_peer_name)
+		sock_peer_slot_store(ctx, be, key, svc->frontend_id);
 	sock_count(&weir_service_stats, svc->service_id);
 	sock_count(&weir_backend_stats, backend_id);
 	return 1;
@@ -167,19 +169,19 @@ static __always_inline int sock_fwd6(struct bpf_sock_addr *ctx, int connect)
 
 /* Reverse translation: the peer the kernel reports is a backend this
  * socket was sent to by sock_xlate_fwd; find the service address it stands
- * for, in the socket's storage (connected) or weir_sock_revnat (datagrams
- * sent unconnected; only UDP has those). No netns or cgroup check: entries
- * exist only for sockets that were translated. */
+ * for, in the socket's storage or slot (connected) or weir_sock_revnat
+ * (datagrams sent unconnected; only UDP has those). No netns or cgroup
+ * check: entries exist only for sockets that were translated. */
 static __always_inline int sock_rev_find(struct bpf_sock_addr *ctx, const __u8 *addr, __be16 port,
 					 __u8 *frontend, __be16 *frontend_port)
 {
 	struct sock_revnat_value *rv;
-	struct sock_peer *sp;
+	struct sock_peer peer;
+	int tcp = ctx->protocol == IPPROTO_TCP;
 
-	sp = sock_peer_lookup(ctx, addr, port);
-	if (sp) {
-		__builtin_memcpy(frontend, sp->frontend, 16);
-		*frontend_port = sp->frontend_port;
+	if (sock_peer_find(ctx, addr, port, tcp && tcp_peer_name, &peer)) {
+		__builtin_memcpy(frontend, peer.frontend, 16);
+		*frontend_port = peer.frontend_port;
 		return 1;
 	}
 	if (ctx->protocol != IPPROTO_UDP)

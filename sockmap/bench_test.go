@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -17,24 +20,41 @@ import (
 
 // BenchmarkConnect measures connect() of a TCP socket, on loopback inside
 // a test namespace, through the socket load balancer against a direct
-// connect to the backend. The connects run in client children (the hooks
-// only act on processes in the attached cgroup), which time connect()
-// alone.
+// connect to the backend. The connects run in a client child (the hooks
+// only act on sockets of processes in the attached cgroup), which times
+// connect() alone.
 //
-//   - direct: a child in a cgroup without hooks dials the backend;
-//   - direct-hooked: a child in the attached cgroup dials the backend (the
-//     hooks run and find no service: what every non-service connect pays);
-//   - services=N: with N services in the maps, a child in the attached
-//     cgroup dials one of them;
+// Every row compares the same child with itself: it is moved between
+// cgroups (cgroup.procs) between chunks of connects, and a socket belongs
+// to the cgroup its process was in when it was made.
+//
+//   - direct: the child, in a cgroup without hooks, dials the backend; its
+//     x-direct (direct against direct) shows the noise and the order bias
+//     of the method, and should be 1.00;
+//   - direct-hooked: from the attached cgroup, the child dials the backend
+//     (the hooks run and find no service: what every non-service connect
+//     pays);
+//   - services=N: with N services in the maps, the child dials one of them
+//     from the attached cgroup;
 //   - services=10000-no-tcp-peer-name: the same through programs loaded
-//     with Config.NoTCPPeerName (attached to a third cgroup).
+//     with Config.NoTCPPeerName (attached to a third cgroup);
+//   - services=10000-getpeername: each connect is followed by getpeername,
+//     timed with it, on both sides (the direct side dials the backend):
+//     what a client like Go's net.Dial, which asks at once, pays; the
+//     first getpeername of a translated TCP socket moves its reverse NAT
+//     into socket storage.
 //
 // On a small shared machine a TCP handshake varies by more than the hook
-// costs, so every sub-benchmark alternates chunks of its connects with
-// chunks of direct ones, and reports medians: ns/connect (its own),
-// x-direct (its median over the interleaved direct median) and
-// hook-ns/connect, the connect4 program's own run time per run, read from
-// the kernel's BPF run-time statistics.
+// costs, and whatever runs first in a pair can be favoured (or not) by
+// caches and by the load drifting, so a row's connects alternate with
+// direct ones in chunks, in ABBA order (direct first in one pair, last in
+// the next), after a warm-up pair. Reported are medians: ns/connect (the
+// row's own), x-direct (its median over the interleaved direct median),
+// and hook-ns/connect, the connect4 program's own run time per run from
+// the kernel's BPF run-time statistics. Those statistics cost every program run two clock
+// reads, so they are enabled only for a separate, untimed pass after the
+// timed one (another process that enables them meanwhile, e.g. a parallel
+// benchmark, still adds that cost to the timed pass).
 func BenchmarkConnect(b *testing.B) {
 	ns := testutil.NewNetns(b, "weir-sock-bench-")
 	backend := netip.MustParseAddrPort("127.0.0.1:8080")
@@ -54,49 +74,107 @@ func BenchmarkConnect(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = prog2.Detach(noPeerCg) })
-	direct := startClient(b, plain, ns)
-	viaHooks := startClient(b, hooked, ns)
-	noPeer := startClient(b, noPeerCg, ns)
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		b.Fatalf("enable BPF run-time statistics: %v", err)
-	}
-	b.Cleanup(func() { stats.Close() })
+	c := &movingClient{client: startClient(b, plain, ns), cgroup: plain}
+	direct := benchTarget{cgroup: plain, addr: backend.String()}
 
-	run := func(b *testing.B, c *client, addr string) {
-		before := progStats(b, prog)
-		if c == noPeer {
-			before = progStats(b, prog2)
-		}
-		var own, base []int64
-		const chunk = 200
-		for done := 0; done < b.N; {
-			k := min(chunk, b.N-done)
-			base = append(base, benchDo(b, direct, backend.String(), k).Nanos...)
-			own = append(own, benchDo(b, c, addr, k).Nanos...)
-			done += k
-		}
-		after := progStats(b, prog)
-		if c == noPeer {
-			after = progStats(b, prog2)
-		}
+	run := func(b *testing.B, t benchTarget, p *Program) {
+		d := direct
+		d.peerName = t.peerName
+		own, base := interleavedConnects(b, c, t, d, b.N)
 		m, mb := median(own), median(base)
 		b.ReportMetric(m, "ns/connect")
 		b.ReportMetric(m/mb, "x-direct")
-		if runs := after.RunCount - before.RunCount; runs > 0 && c != direct {
-			b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(runs), "hook-ns/connect")
+		if p != nil {
+			b.ReportMetric(hookNanos(b, c, t, p, min(b.N, 2000)), "hook-ns/connect")
 		}
 	}
-	b.Run("direct", func(b *testing.B) { run(b, direct, backend.String()) })
-	b.Run("direct-hooked", func(b *testing.B) { run(b, viaHooks, backend.String()) })
+	b.Run("direct", func(b *testing.B) { run(b, direct, nil) })
+	b.Run("direct-hooked", func(b *testing.B) { run(b, benchTarget{cgroup: hooked, addr: backend.String()}, prog) })
 	have := 0
 	for _, n := range []int{1, 1000, 10000} {
 		addServices(b, dp, have, n, backend)
 		have = n
 		vip := benchVIP(n / 2)
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) { run(b, viaHooks, vip.String()) })
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) { run(b, benchTarget{cgroup: hooked, addr: vip.String()}, prog) })
 	}
-	b.Run("services=10000-no-tcp-peer-name", func(b *testing.B) { run(b, noPeer, benchVIP(have/2).String()) })
+	b.Run("services=10000-no-tcp-peer-name", func(b *testing.B) {
+		run(b, benchTarget{cgroup: noPeerCg, addr: benchVIP(have / 2).String()}, prog2)
+	})
+	b.Run("services=10000-getpeername", func(b *testing.B) {
+		run(b, benchTarget{cgroup: hooked, addr: benchVIP(have / 2).String(), peerName: true}, prog)
+	})
+}
+
+// benchTarget is what a chunk of connects dials, and from which cgroup.
+type benchTarget struct {
+	cgroup   string
+	addr     string
+	peerName bool // time getpeername with each connect
+}
+
+// movingClient is a client child that is moved between cgroups.
+type movingClient struct {
+	*client
+	cgroup string // where it is now
+}
+
+// connects moves the child into t's cgroup if it is elsewhere and times n
+// connects to t's address.
+func (c *movingClient) connects(b *testing.B, t benchTarget, n int) []int64 {
+	b.Helper()
+	if c.cgroup != t.cgroup {
+		pid := strconv.Itoa(c.cmd.Process.Pid)
+		if err := os.WriteFile(filepath.Join(t.cgroup, "cgroup.procs"), []byte(pid), 0); err != nil {
+			b.Fatalf("move the client child to %s: %v", t.cgroup, err)
+		}
+		c.cgroup = t.cgroup
+	}
+	return benchDo(b, c.client, request{Op: "bench", Net: "tcp4", Addr: t.addr, Count: n, PeerName: t.peerName}).Nanos
+}
+
+// benchChunk is how many connects of one kind run in a row.
+const benchChunk = 100
+
+// interleavedConnects times n connects to t and n to direct, alternating
+// chunks in ABBA order; it returns the times of each kind. A first pair of
+// chunks is thrown away: the first connects after a change of scene (new
+// services, another row) are slower, and would count against whichever
+// kind goes first.
+func interleavedConnects(b *testing.B, c *movingClient, t, direct benchTarget, n int) (own, base []int64) {
+	b.Helper()
+	c.connects(b, direct, benchChunk)
+	c.connects(b, t, benchChunk)
+	for pair, done := 0, 0; done < n; pair++ {
+		k := min(benchChunk, n-done)
+		if pair%2 == 0 {
+			base = append(base, c.connects(b, direct, k)...)
+			own = append(own, c.connects(b, t, k)...)
+		} else {
+			own = append(own, c.connects(b, t, k)...)
+			base = append(base, c.connects(b, direct, k)...)
+		}
+		done += k
+	}
+	return own, base
+}
+
+// hookNanos runs n untimed connects to t with BPF run-time statistics on
+// and returns the connect4 program's mean run time per run.
+func hookNanos(b *testing.B, c *movingClient, t benchTarget, p *Program, n int) float64 {
+	b.Helper()
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable BPF run-time statistics: %v", err)
+	}
+	defer stats.Close()
+	before := progStats(b, p)
+	c.connects(b, t, n)
+	after := progStats(b, p)
+	runs := after.RunCount - before.RunCount
+	if runs == 0 {
+		b.Fatalf("connect4 did not run for %s from %s", t.addr, t.cgroup)
+	}
+	return float64(after.Runtime-before.Runtime) / float64(runs)
 }
 
 func progStats(tb testing.TB, p *Program) *ebpf.ProgramStats {
@@ -117,11 +195,11 @@ func median(xs []int64) float64 {
 	return float64(s[len(s)/2])
 }
 
-func benchDo(b *testing.B, c *client, addr string, n int) reply {
+func benchDo(b *testing.B, c *client, req request) reply {
 	b.Helper()
-	rep := c.do(request{Op: "bench", Net: "tcp4", Addr: addr, Count: n})
+	rep := c.do(req)
 	if rep.Errors > 0 {
-		b.Fatalf("%d of %d connects to %s failed, first: %s", rep.Errors, n, addr, rep.FirstErr)
+		b.Fatalf("%d of %d connects to %s failed, first: %s", rep.Errors, req.Count, req.Addr, rep.FirstErr)
 	}
 	return rep
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,8 +29,9 @@ const childEnv = "WEIR_SOCKMAP_CHILD"
 type request struct {
 	// Op is "dial" (connect, read the server's identity, getpeername,
 	// close; Count times), "sendto" (unconnected UDP: sendto, recvfrom),
-	// "open"/"talk"/"close" (a TCP connection kept open across requests),
-	// "bind" (bind and report the error) or "bench" (Count connects, timed).
+	// "open"/"talk"/"peer"/"close" (a TCP connection kept open across
+	// requests; peer is its getpeername and socket cookie), "bind" (bind
+	// and report the error) or "bench" (Count connects, timed).
 	Op     string `json:"op"`
 	Net    string `json:"net"`    // "tcp4", "tcp6", "udp4", "udp6": socket family and type
 	Addr   string `json:"addr"`   // destination (or bind address), ip:port
@@ -37,8 +39,11 @@ type request struct {
 	Count  int    `json:"count"`  // repetitions; 0 means 1
 	Handle int    `json:"handle"` // for talk and close
 	// Then is a second destination: "dial" connects the socket to Addr,
-	// then again to Then (UDP), and talks to the second.
+	// then again to Then, and talks to the second. A TCP socket asks for
+	// its peer and disconnects (connect AF_UNSPEC) in between.
 	Then string `json:"then,omitempty"`
+	// PeerName makes "bench" time getpeername with each connect.
+	PeerName bool `json:"peer_name,omitempty"`
 }
 
 // result is what one dial, send or bind observed.
@@ -50,6 +55,8 @@ type result struct {
 	Err   string `json:"err,omitempty"`
 	// Nanos is how long connect() took (bench and dial).
 	Nanos int64 `json:"nanos,omitempty"`
+	// Cookie is the socket's cookie (SO_COOKIE; peer).
+	Cookie uint64 `json:"cookie,omitempty"`
 }
 
 type reply struct {
@@ -119,6 +126,12 @@ func (c *childState) do(req request) reply {
 			return reply{Results: []result{errResult("write", err)}}
 		}
 		return reply{Results: []result{readIdentity(fd, result{}, false)}}
+	case "peer":
+		fd, ok := c.open[req.Handle]
+		if !ok {
+			return reply{Results: []result{{Err: "no such handle"}}}
+		}
+		return reply{Results: []result{peerOf(fd)}}
 	case "close":
 		if fd, ok := c.open[req.Handle]; ok {
 			unix.Close(fd)
@@ -213,6 +226,16 @@ func connectSock(req request) (int, result) {
 			unix.Close(fd)
 			return -1, errResult("first connect", err)
 		}
+		if strings.HasPrefix(req.Net, "tcp") {
+			if _, err := unix.Getpeername(fd); err != nil {
+				unix.Close(fd)
+				return -1, errResult("first getpeername", err)
+			}
+			if err := disconnect(fd); err != nil {
+				unix.Close(fd)
+				return -1, errResult("disconnect", err)
+			}
+		}
 		if sa, err = sockaddr(req.Net, req.Then); err != nil {
 			unix.Close(fd)
 			return -1, errResult("address", err)
@@ -228,6 +251,17 @@ func connectSock(req request) (int, result) {
 		return -1, r
 	}
 	return fd, res
+}
+
+// disconnect dissolves a socket's association (connect with AF_UNSPEC),
+// after which a TCP socket may connect again.
+func disconnect(fd int) error {
+	sa := unix.RawSockaddr{Family: unix.AF_UNSPEC}
+	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // readIdentity reads the backend's identity: a line on TCP, a datagram on
@@ -295,6 +329,19 @@ func dialOnce(req request) result {
 	return res
 }
 
+// peerOf is a connected socket's getpeername and cookie.
+func peerOf(fd int) result {
+	peer, err := unix.Getpeername(fd)
+	if err != nil {
+		return errResult("getpeername", err)
+	}
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return errResult("SO_COOKIE", err)
+	}
+	return result{Peer: sockaddrString(peer), Cookie: cookie}
+}
+
 func sendtoOnce(req request) result {
 	fd, err := newSock(req.Net)
 	if err != nil {
@@ -334,7 +381,7 @@ func bindOnce(req request) result {
 }
 
 // benchConnects connects n TCP sockets one after the other and sums the
-// time spent in connect() alone. Sockets close with an RST (linger 0) so
+// time spent in connect() alone (connect and getpeername with PeerName). Sockets close with an RST (linger 0) so
 // that no TIME_WAIT piles up and exhausts the ephemeral ports.
 func benchConnects(req request, n int) reply {
 	var rep reply
@@ -354,6 +401,9 @@ func benchConnects(req request, n int) reply {
 		}
 		start := time.Now()
 		err = unix.Connect(fd, sa)
+		if err == nil && req.PeerName {
+			_, err = unix.Getpeername(fd)
+		}
 		d := time.Since(start).Nanoseconds()
 		rep.ConnectNanos += d
 		rep.Nanos = append(rep.Nanos, d)

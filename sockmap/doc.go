@@ -15,18 +15,23 @@
 //     is rewritten. IPv4-mapped destinations on IPv6 sockets work as is.
 //   - recvmsg4/6 (UDP, when the caller asks for the source address) and
 //     getpeername4/6 show the service address instead of the backend's.
-//     A connected socket keeps its translation in its own local storage
-//     (weir_sock_peer, freed with the socket, no hash map write per
-//     connection); datagrams sent unconnected record theirs in
-//     weir_sock_revnat, an LRU keyed by socket cookie and backend.
+//     A connected UDP socket keeps its translation in its own local
+//     storage (weir_sock_peer, freed with the socket). A TCP connect writes
+//     its translation into the slot of its socket cookie in
+//     weir_sock_peer_slots (an array: no allocation, no lock), and its
+//     first getpeername copies the slot into weir_sock_peer. Datagrams
+//     sent unconnected record theirs in weir_sock_revnat, an LRU keyed by
+//     socket cookie and backend.
 //   - post_bind4/6 refuse, with EADDRINUSE, a bind to a specific address
 //     and port that is a service frontend of either scope. Wildcard binds
 //     are allowed.
 //
-// Recording a connected socket's translation (socket local storage) is
-// most of a translated connect's cost. Config.NoTCPPeerName skips it
-// for TCP, where only getpeername() needs it; UDP always records it, since
-// resolvers drop replies whose source is not the server they asked.
+// Socket local storage costs two slab allocations per socket, more than
+// the rest of a translated connect; that is why TCP connects write a slot
+// instead, and pay for the storage only if they ask for their peer.
+// Config.NoTCPPeerName skips the slot write too, for TCP, where only
+// getpeername() needs it; UDP always records, since resolvers drop replies
+// whose source is not the server they asked.
 //
 // Affinity is keyed by network namespace cookie plus the socket's bound
 // address (zero for an unbound socket, the usual case): the source address
@@ -51,6 +56,14 @@
 //   - weir_sock_revnat is an LRU: under pressure an idle unconnected UDP
 //     socket may lose its entry and then see replies from the backend's
 //     address.
+//   - A TCP socket's slot is taken over once the kernel has handed out
+//     WEIR_SOCK_PEER_SLOTS (262144) more socket cookies on the node; a
+//     socket that had not called getpeername by then sees its backend's
+//     address (one that had keeps the service's). Clients that ask right
+//     after connecting (Go's net.Dial does) are not affected.
+//   - A TCP socket disconnected (connect with AF_UNSPEC) from a service
+//     and connected straight to one of its backends keeps showing the
+//     service: forgetting would tax every untranslated connect.
 //   - Affinity only returns a client to an ACTIVE backend; when a service
 //     falls back to terminating backends, each connect picks afresh.
 //
@@ -70,7 +83,10 @@
 // while it restarts. A restarted agent calls Load and Attach again: the
 // pinned links are reopened and switched to the new programs atomically
 // (bpf_link update), with no moment without a program. Close releases
-// file descriptors only; Detach removes the links and their pins.
+// file descriptors only; Detach removes the links and their pins. Load
+// pins weir_sock_peer_slots, the one map that is the socket load
+// balancer's own, beside the shared maps (or reopens it), so TCP
+// connections made before a restart keep their reverse NAT.
 //
 // # Safety
 //
@@ -82,8 +98,9 @@
 // # Errors
 //
 // Load fails when the shared maps lack weir_sock_skip_cgroups or
-// weir_sock_peer (pins made by an older agent: remove them), when a skip
-// cgroup is not a cgroup v2 directory, or when the kernel refuses a
+// weir_sock_peer (pins made by an older agent: remove them), when a
+// pinned weir_sock_peer_slots has another layout (remove that pin), when
+// a skip cgroup is not a cgroup v2 directory, or when the kernel refuses a
 // program (the verifier's log is in the error). Attach fails, naming the path and the fix, when the path is
 // not a cgroup v2 directory; it undoes the links it created in that call.
 package sockmap

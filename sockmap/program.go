@@ -64,6 +64,10 @@ type Program struct {
 	links map[string][]link.Link // by cgroup path, in hooks order
 }
 
+// slotsMap is the socket load balancer's own map, pinned under the maps'
+// root by Load.
+const slotsMap = "weir_sock_peer_slots"
+
 // Load loads the programs against the shared maps, applying the per-node
 // switches, and fills weir_sock_skip_cgroups with cfg.SkipCgroups
 // (removing entries no longer listed). Nothing is attached yet.
@@ -122,10 +126,17 @@ func Load(cfg Config) (*Program, error) {
 	}
 
 	p := &Program{root: cfg.Maps.Root(), links: map[string][]link.Link{}}
-	if err := cfg.Maps.LoadAndAssign(spec, &p.progs, nil); err != nil {
+	// The socket load balancer's own map (weir_sock_peer_slots) is pinned
+	// beside the shared ones: connections made before a restart keep
+	// their reverse NAT.
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.Maps.Root()}}
+	if err := cfg.Maps.LoadAndAssign(spec, &p.progs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("sockmap: the kernel refused the socket load balancer: %+v", ve)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("sockmap: the pinned %s under %s does not match this agent's (%w); remove it and restart", slotsMap, cfg.Maps.Root(), err)
 		}
 		return nil, fmt.Errorf("sockmap: load the socket load balancer: %w", err)
 	}

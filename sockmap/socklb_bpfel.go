@@ -125,6 +125,12 @@ type sockLBSockPeer struct {
 	FrontendId   uint32
 }
 
+type sockLBSockPeerSlot struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Peer   sockLBSockPeer
+}
+
 type sockLBSockRevnatKey struct {
 	_      structs.HostLayout
 	Cookie uint64
@@ -172,6 +178,7 @@ const (
 	sockLBMapWeirServices          = "weir_services"
 	sockLBMapWeirSnat              = "weir_snat"
 	sockLBMapWeirSockPeer          = "weir_sock_peer"
+	sockLBMapWeirSockPeerSlots     = "weir_sock_peer_slots"
 	sockLBMapWeirSockRevnat        = "weir_sock_revnat"
 	sockLBMapWeirSockSkipCgroups   = "weir_sock_skip_cgroups"
 	sockLBMapWeirSourceRanges      = "weir_source_ranges"
@@ -262,6 +269,7 @@ type sockLBMapSpecs struct {
 	WeirServices        *ebpf.MapSpec `ebpf:"weir_services"`
 	WeirSnat            *ebpf.MapSpec `ebpf:"weir_snat"`
 	WeirSockPeer        *ebpf.MapSpec `ebpf:"weir_sock_peer"`
+	WeirSockPeerSlots   *ebpf.MapSpec `ebpf:"weir_sock_peer_slots"`
 	WeirSockRevnat      *ebpf.MapSpec `ebpf:"weir_sock_revnat"`
 	WeirSockSkipCgroups *ebpf.MapSpec `ebpf:"weir_sock_skip_cgroups"`
 	WeirSourceRanges    *ebpf.MapSpec `ebpf:"weir_source_ranges"`
@@ -310,6 +318,7 @@ type sockLBMaps struct {
 	WeirServices        *ebpf.Map `ebpf:"weir_services"`
 	WeirSnat            *ebpf.Map `ebpf:"weir_snat"`
 	WeirSockPeer        *ebpf.Map `ebpf:"weir_sock_peer"`
+	WeirSockPeerSlots   *ebpf.Map `ebpf:"weir_sock_peer_slots"`
 	WeirSockRevnat      *ebpf.Map `ebpf:"weir_sock_revnat"`
 	WeirSockSkipCgroups *ebpf.Map `ebpf:"weir_sock_skip_cgroups"`
 	WeirSourceRanges    *ebpf.Map `ebpf:"weir_source_ranges"`
@@ -331,6 +340,7 @@ func (m *sockLBMaps) Close() error {
 		m.WeirServices,
 		m.WeirSnat,
 		m.WeirSockPeer,
+		m.WeirSockPeerSlots,
 		m.WeirSockRevnat,
 		m.WeirSockSkipCgroups,
 		m.WeirSourceRanges,

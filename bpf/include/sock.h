@@ -1,7 +1,8 @@
 /* Helpers of the socket load balancer (bpf/sock_lb.c): address
  * conversion, backend selection, reverse NAT bookkeeping and counters.
- * Only sock_lb.c includes this header; it owns no maps of its own (every
- * map is in maps.h so the agent creates and pins it). */
+ * Only sock_lb.c includes this header. Its one map of its own,
+ * weir_sock_peer_slots, is pinned by sockmap.Load beside the shared maps
+ * of maps.h (no other program uses it). */
 #ifndef WEIR_SOCK_H
 #define WEIR_SOCK_H
 
@@ -14,6 +15,33 @@
 #define WEIR_EADDRINUSE 98
 
 #define WEIR_NSEC_PER_SEC 1000000000ULL
+
+/* Slots of weir_sock_peer_slots: a power of two, the index is the socket
+ * cookie's low bits. 262144 slots of 48 bytes: 12 MiB. */
+#ifndef WEIR_SOCK_PEER_SLOTS
+#define WEIR_SOCK_PEER_SLOTS 262144
+#endif
+
+/* A TCP connection's reverse NAT at the slot of its socket cookie;
+ * cookie says whose it is (0: being written). */
+struct sock_peer_slot {
+	__u64 cookie;
+	struct sock_peer peer;
+};
+
+/* TCP connections' reverse NAT, for getpeername, at slot cookie mod size:
+ * a connect writes here rather than allocating socket storage (two slab
+ * allocations, most of a translated connect's cost), and the socket's
+ * first getpeername copies its slot into weir_sock_peer. A slot is taken
+ * over once the kernel has handed out WEIR_SOCK_PEER_SLOTS more socket
+ * cookies: a socket that had not asked by then sees its backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_SOCK_PEER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sock_peer_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_sock_peer_slots SEC(".maps");
 
 /* An address as four 32-bit words, the shape bpf_sock_addr exposes it in.
  * The maps store the same 16 bytes as __u8[16]. */
@@ -203,17 +231,9 @@ static __always_inline void sock_revnat_store(void *ctx, const struct backend_va
 	bpf_map_update_elem(&weir_sock_revnat, &rk, &rv, BPF_ANY);
 }
 
-/* A connected socket keeps its reverse NAT in its own local storage: no
- * hash map write per connection, and nothing left behind when it closes.
- * The write is skipped when unchanged (a UDP socket connecting again). */
-static __always_inline void sock_peer_store(struct bpf_sock_addr *ctx, const struct backend_value *be,
-					    const struct service_key *key, __u32 frontend_id)
+static __always_inline void sock_peer_fill(struct sock_peer *sp, const struct backend_value *be,
+					   const struct service_key *key, __u32 frontend_id)
 {
-	struct sock_peer *sp;
-
-	sp = bpf_sk_storage_get(&weir_sock_peer, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!sp)
-		return;
 	__builtin_memcpy(sp->backend, be->addr, sizeof(sp->backend));
 	__builtin_memcpy(sp->frontend, key->addr, sizeof(sp->frontend));
 	sp->backend_port = be->port;
@@ -221,16 +241,96 @@ static __always_inline void sock_peer_store(struct bpf_sock_addr *ctx, const str
 	sp->frontend_id = frontend_id;
 }
 
-/* The service address a connected socket dialled, if addr:port is the
- * backend it was sent to. */
-static __always_inline struct sock_peer *sock_peer_lookup(struct bpf_sock_addr *ctx, const __u8 *addr,
-							  __be16 port)
+/* A connected UDP socket keeps its reverse NAT in its own local storage
+ * (recvmsg reads it for every datagram): nothing left behind when it
+ * closes. Rewritten when the socket connects again. */
+static __always_inline void sock_peer_store(struct bpf_sock_addr *ctx, const struct backend_value *be,
+					    const struct service_key *key, __u32 frontend_id)
+{
+	struct sock_peer *sp;
+
+	sp = bpf_sk_storage_get(&weir_sock_peer, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (sp)
+		sock_peer_fill(sp, be, key, frontend_id);
+}
+
+/* Keeps the compiler from moving memory accesses across it. */
+#define sock_barrier() __asm__ __volatile__("" ::: "memory")
+
+static __always_inline struct sock_peer_slot *sock_peer_slot(__u64 cookie)
+{
+	__u32 idx = (__u32)cookie & (WEIR_SOCK_PEER_SLOTS - 1);
+
+	return bpf_map_lookup_elem(&weir_sock_peer_slots, &idx);
+}
+
+/* A TCP socket's reverse NAT goes into its cookie's slot: a plain array
+ * write, where socket storage would cost two slab allocations per
+ * connection, most of a translated connect's cost. The slot's cookie is 0
+ * while it is written, so a reader that races with a socket taking the
+ * slot over sees the change (stores and loads keep their order on x86;
+ * sock_barrier keeps the compiler's). A socket connecting again (TCP after
+ * a disconnect) may already have socket storage: it is kept current. */
+static __always_inline void sock_peer_slot_store(struct bpf_sock_addr *ctx, const struct backend_value *be,
+						 const struct service_key *key, __u32 frontend_id)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sock_peer_slot *slot = sock_peer_slot(cookie);
+	struct sock_peer *sp;
+
+	if (slot) {
+		slot->cookie = 0;
+		sock_barrier();
+		sock_peer_fill(&slot->peer, be, key, frontend_id);
+		sock_barrier();
+		slot->cookie = cookie;
+	}
+	sp = bpf_sk_storage_get(&weir_sock_peer, ctx->sk, 0, 0);
+	if (sp)
+		sock_peer_fill(sp, be, key, frontend_id);
+}
+
+/* Copies the socket's slot into out if the slot is still the socket's
+ * (checked before and after the copy). */
+static __always_inline int sock_peer_slot_read(void *ctx, struct sock_peer *out)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sock_peer_slot *slot = sock_peer_slot(cookie);
+
+	if (!slot || slot->cookie != cookie)
+		return 0;
+	sock_barrier();
+	__builtin_memcpy(out, &slot->peer, sizeof(*out));
+	sock_barrier();
+	return slot->cookie == cookie;
+}
+
+static __always_inline int sock_peer_is(const struct sock_peer *sp, const __u8 *addr, __be16 port)
+{
+	return sp->backend_port == port && sock_addr_eq(sp->backend, addr);
+}
+
+/* The reverse NAT of a connected socket into out, if addr:port is the
+ * backend it was sent to: from its socket storage, or, when slots is set
+ * (TCP), from its cookie's slot. A slot found is copied into socket
+ * storage, so that the answer outlives the slot. */
+static __always_inline int sock_peer_find(struct bpf_sock_addr *ctx, const __u8 *addr, __be16 port,
+					  int slots, struct sock_peer *out)
 {
 	struct sock_peer *sp = bpf_sk_storage_get(&weir_sock_peer, ctx->sk, 0, 0);
 
-	if (sp && sp->backend_port == port && sock_addr_eq(sp->backend, addr))
-		return sp;
-	return 0;
+	if (sp) {
+		if (!sock_peer_is(sp, addr, port))
+			return 0;
+		__builtin_memcpy(out, sp, sizeof(*out));
+		return 1;
+	}
+	if (!slots || !sock_peer_slot_read(ctx, out) || !sock_peer_is(out, addr, port))
+		return 0;
+	sp = bpf_sk_storage_get(&weir_sock_peer, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (sp)
+		__builtin_memcpy(sp, out, sizeof(*sp));
+	return 1;
 }
 
 static __always_inline struct sock_revnat_value *sock_revnat_lookup(void *ctx, const __u8 *addr,
