@@ -234,6 +234,19 @@ func (r *Reconciler) Resync() {
 	}
 }
 
+// VisitDesired calls fn with every desired service, in no order, holding
+// the reconciler's lock: fn only reads the service, keeps no reference to
+// it and doesn't call the Reconciler. It is for scans after every sync,
+// where Services' copy of every service would cost O(N) allocations per
+// change.
+func (r *Reconciler) VisitDesired(fn func(*Service)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.desired {
+		fn(s)
+	}
+}
+
 // Services returns copies of the desired services, sorted by name.
 func (r *Reconciler) Services() []*Service {
 	r.mu.Lock()

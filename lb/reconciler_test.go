@@ -363,6 +363,20 @@ func TestServicesReturnsCopies(t *testing.T) {
 	}
 }
 
+func TestVisitDesiredSeesEveryDesiredService(t *testing.T) {
+	r := newReconciler(t, lbtest.NewFake())
+	r.Upsert(clusterIP("default/a:http", "10.96.0.1", "10.0.0.1"))
+	r.Upsert(clusterIP("default/b:http", "10.96.0.2", "10.0.0.2"))
+	r.Upsert(clusterIP("default/c:http", "10.96.0.3", "10.0.0.3"))
+	r.Delete(lb.ServiceName{Namespace: "default", Name: "c", Port: "http"})
+	var names []string
+	r.VisitDesired(func(s *lb.Service) { names = append(names, s.Name.Name) })
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"a", "b"}) {
+		t.Errorf("visited %v, want [a b]", names)
+	}
+}
+
 func TestResyncWritesNothingWhenInStep(t *testing.T) {
 	fake := lbtest.NewFake()
 	r := newReconciler(t, fake)

@@ -368,7 +368,7 @@ func (a *agent) sync() error {
 	// After a restart nothing may be written, but the next hops still
 	// need resolving once.
 	if a.neigh != nil && (res.Writes > 0 || !a.neighSynced) {
-		a.neigh.update(backendAddrs(a.rec.Services()))
+		a.neigh.update(backendAddrs(a.rec.VisitDesired))
 		a.neighSynced = true
 	}
 	return nil

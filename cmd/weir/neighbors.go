@@ -45,21 +45,21 @@ func newNeighbors(log *slog.Logger, devices []string) *neighbors {
 
 // backendAddrs lists the addresses XDP forwards to for the services'
 // external views: backend addresses (SNAT) and tunnel addresses (DSR).
-func backendAddrs(svcs []*lb.Service) map[netip.Addr]bool {
+func backendAddrs(visit func(func(*lb.Service))) map[netip.Addr]bool {
 	out := map[netip.Addr]bool{}
-	for _, s := range svcs {
+	visit(func(s *lb.Service) {
 		external := false
 		for _, f := range s.Frontends {
 			external = external || f.Scope == lb.ScopeExternal
 		}
 		if !external {
-			continue
+			return
 		}
 		for _, b := range s.Backends {
 			out[b.Addr.Unmap()] = true
 			out[b.TunnelAddr().Unmap()] = true
 		}
-	}
+	})
 	return out
 }
 
