@@ -65,6 +65,10 @@
 //     A new view gets the same table in both generations, so its first
 //     change is already in place. If a failure left keys on both
 //     generations, they move to the live one before the other is written.
+//     A backend the switch leaves out is retired, not deleted: a program
+//     that read the old generation may still pick it, so its entry, its ID
+//     and its service's ID stay until the next Sync deletes it first thing
+//     (SyncResult.Again asks for that Sync).
 //   - Bookkeeping after the write: an entry counts as applied only once
 //     its write succeeded; a failed write leaves it to be rewritten. IDs
 //     are owned from allocation until the delete of their entry succeeded,

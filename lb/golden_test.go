@@ -125,7 +125,7 @@ func TestGolden(t *testing.T) {
 			r := newReconciler(t, fake)
 			for _, st := range steps {
 				r.Replace(st.services)
-				mustSync(t, r)
+				syncAll(t, r)
 				got := fake.String()
 				if *update {
 					st.golden.data = []byte(got)
@@ -139,7 +139,7 @@ func TestGolden(t *testing.T) {
 				}
 			}
 			r.Replace(nil)
-			mustSync(t, r)
+			syncAll(t, r)
 			if got := fake.String(); got != "" {
 				t.Errorf("after deleting every service the maps still hold:\n%s", got)
 			}
@@ -165,7 +165,7 @@ func TestGoldenRestart(t *testing.T) {
 			r := newReconciler(t, fake)
 			for _, st := range steps {
 				r.Replace(st.services)
-				mustSync(t, r)
+				syncAll(t, r)
 				before := fake.String()
 				fake.ResetCounts()
 				r = newReconciler(t, fake)

@@ -173,8 +173,8 @@ func TestGoldenBPF(t *testing.T) {
 			for _, st := range steps {
 				r.Replace(st.services)
 				rf.Replace(st.services)
-				mustSync(t, r)
-				mustSync(t, rf)
+				syncAll(t, r)
+				syncAll(t, rf)
 				got := dumpOf(t, real)
 				want, _ := fake.Dump()
 				if !reflect.DeepEqual(normalizeState(got), normalizeState(want)) {
@@ -195,7 +195,7 @@ func TestGoldenBPF(t *testing.T) {
 				}
 			}
 			r.Replace(nil)
-			mustSync(t, r)
+			syncAll(t, r)
 			if text := lbtest.Format(dumpOf(t, real)); text != "" {
 				t.Errorf("after deleting every service the real maps still hold:\n%s", text)
 			}

@@ -51,7 +51,9 @@ func (e *ServiceError) Error() string {
 func (e *ServiceError) Unwrap() error { return e.Err }
 
 // RemovedBackend is a backend whose entry was deleted: connections still
-// tracked to it are dead and their conntrack entries can go.
+// tracked to it are dead and their conntrack entries can go. A backend
+// that leaves its service is deleted (and reported) by the Sync after the
+// one that removed it from the tables (see retire).
 type RemovedBackend struct {
 	Service   ServiceName // zero for an orphan pruned after a restart
 	ServiceID ServiceID
@@ -71,7 +73,8 @@ type SyncResult struct {
 	// Writes counts datapath upserts and deletes that succeeded.
 	Writes int
 	// Again asks for another Sync soon: a large round left the spare
-	// Maglev table generations to it (see writeTables).
+	// Maglev table generations to it (see writeTables), or retired
+	// backends wait for it to be deleted (see retire).
 	Again bool
 }
 
@@ -104,6 +107,12 @@ type Reconciler struct {
 	// wait for the next one (see writeTables); deferredSlots counts them.
 	deferred      map[*viewState]builtTable
 	deferredSlots int
+	// retired are backends no table names any more, deleted by the next
+	// Sync (see retire); retiredOf counts them by service ID, and
+	// heldSvcIDs are IDs of gone views released once theirs are deleted.
+	retired    []RemovedBackend
+	retiredOf  map[ServiceID]int
+	heldSvcIDs map[ServiceID]bool
 }
 
 // NewReconciler reads the datapath's current content back (dp.Dump) and
@@ -141,6 +150,8 @@ func NewReconciler(dp Datapath, opts ReconcilerOptions) (*Reconciler, error) {
 		unconfirmed: map[ServiceName]struct{}{},
 		applied:     map[ServiceName]*svcState{},
 		claims:      map[ServiceKey]ServiceName{},
+		retiredOf:   map[ServiceID]int{},
+		heldSvcIDs:  map[ServiceID]bool{},
 		blocked:     map[ServiceKey]map[ServiceName]struct{}{},
 		waitsFor:    map[ServiceName][]ServiceKey{},
 		// A service ID shifted left by one names its tables (TableID).

@@ -200,8 +200,9 @@ func (w *writer) writeKey(k ServiceKey, ks *keyState, e ServiceEntry) error {
 
 // removeStale deletes what the service owns but p doesn't want (p nil:
 // everything), in the order that never leaves a reference dangling: keys,
-// frontends, source ranges, backends; the tables follow in deleteTables.
-// IDs are released only after their entries' deletes succeeded.
+// frontends, source ranges, backends (retired: deleted by the next Sync);
+// the tables follow in deleteTables. IDs are released only after their
+// entries' deletes succeeded.
 func (w *writer) removeStale(p *plan) error {
 	r, st := w.r, w.st
 	if p.coversAll(st) {
@@ -257,31 +258,18 @@ func (w *writer) removeStale(p *plan) error {
 	return nil
 }
 
-// removeStaleBackends deletes the view's backends that keep rejects, in
-// address order, and drops them from its list once all deletes are done
-// (or one failed): one pass, however many go.
+// removeStaleBackends retires the view's backends that keep rejects, in
+// address order: they leave the view's list, but their entries stay until
+// the next Sync, because a program may still read them through the table
+// this Sync just switched away from (see retire).
 func (w *writer) removeStaleBackends(vs *viewState, keep func(netip.AddrPort) bool) error {
-	gone := 0
-	defer func() {
-		if gone > 0 {
-			vs.backends = slices.DeleteFunc(vs.backends, func(b viewBackend) bool { return b.id == 0 })
-		}
-	}()
-	for i := range vs.backends {
-		b := &vs.backends[i]
+	vs.backends = slices.DeleteFunc(vs.backends, func(b viewBackend) bool {
 		if keep(b.ap) {
-			continue
+			return false
 		}
-		if err := w.r.dp.DeleteBackend(b.id); err != nil {
-			return fmt.Errorf("delete backend %s (ID %d) of service ID %d: %w", b.ap, b.id, vs.id, err)
-		}
-		w.r.beIDs.release(uint32(b.id))
-		w.run.res.RemovedBackends = append(w.run.res.RemovedBackends,
-			RemovedBackend{Service: w.st.name, ServiceID: vs.id, BackendID: b.id, Addr: b.ap})
-		b.id = 0 // never allocated: marks the entry gone
-		gone++
-		w.wrote()
-	}
+		w.retire(vs, &b)
+		return true
+	})
 	return nil
 }
 

@@ -53,6 +53,9 @@ func (r *Reconciler) Sync() (SyncResult, error) {
 		errs:    map[ServiceName]*ServiceError{},
 		updated: map[ServiceName]bool{},
 	}
+	// Before anything of this Sync can retire more: only backends retired
+	// by an earlier Sync are past the programs that could still read them.
+	retiredErr := r.deleteRetired(run)
 	for name := range dirty {
 		run.enqueue(name)
 	}
@@ -87,6 +90,10 @@ func (r *Reconciler) Sync() (SyncResult, error) {
 		// r.orphans stays set, so the next Sync retries the prune.
 		errs = append(errs, pruneErr)
 	}
+	if retiredErr != nil {
+		// The backends stay retired, so the next Sync retries the deletes.
+		errs = append(errs, retiredErr)
+	}
 	if len(retry) > 0 || len(run.spares) > 0 {
 		r.mu.Lock()
 		for _, name := range retry {
@@ -100,6 +107,8 @@ func (r *Reconciler) Sync() (SyncResult, error) {
 		r.mu.Unlock()
 		run.res.Again = len(run.spares) > 0
 	}
+	// Retired backends wait for the next Sync to delete them.
+	run.res.Again = run.res.Again || len(r.retired) > 0
 	run.res.Updated = slices.SortedFunc(maps.Keys(run.updated), compareName)
 	slices.SortFunc(run.res.Deleted, compareName)
 	return run.res, errors.Join(errs...)

@@ -371,7 +371,7 @@ func (r *Reconciler) deleteTables(jobs []*job) {
 		for scope, vs := range st.views {
 			if vs != nil && j.p.view(Scope(scope)) == nil && vs.empty() {
 				st.views[scope] = nil
-				r.svcIDs.release(uint32(vs.id))
+				r.releaseServiceID(vs.id)
 			}
 		}
 	}

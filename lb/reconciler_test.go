@@ -54,7 +54,7 @@ func TestSyncAppliesOnlyChangedServices(t *testing.T) {
 	again[7].Backends = again[7].Backends[:2]
 	fake.ResetCounts()
 	r.Replace(again)
-	res = mustSync(t, r)
+	res = syncAll(t, r)
 	if !slices.Equal(res.Updated, []lb.ServiceName{again[7].Name}) {
 		t.Errorf("Updated = %v, want only %s", res.Updated, again[7].Name)
 	}
@@ -75,13 +75,13 @@ func TestRemovedBackendsAndDeleted(t *testing.T) {
 	r.Upsert(clusterIP("default/a:http", "10.96.0.1", "10.0.0.1", "10.0.0.2"))
 	mustSync(t, r)
 	r.Upsert(clusterIP("default/a:http", "10.96.0.1", "10.0.0.1"))
-	res := mustSync(t, r)
+	res := syncAll(t, r)
 	want := netip.MustParseAddrPort("10.0.0.2:8080")
 	if len(res.RemovedBackends) != 1 || res.RemovedBackends[0].Addr != want || res.RemovedBackends[0].BackendID == 0 {
 		t.Errorf("RemovedBackends = %+v, want %s with its ID", res.RemovedBackends, want)
 	}
 	r.Delete(parseName("default/a:http"))
-	res = mustSync(t, r)
+	res = syncAll(t, r)
 	if !slices.Equal(res.Deleted, []lb.ServiceName{parseName("default/a:http")}) || len(res.RemovedBackends) != 1 {
 		t.Errorf("Deleted = %v, RemovedBackends = %+v; want a deleted with its last backend", res.Deleted, res.RemovedBackends)
 	}
@@ -226,7 +226,7 @@ func TestScopeChangeKeepsFrontendID(t *testing.T) {
 	// updated in place.
 	s.Frontends[0].Scope, s.Frontends[0].Kind, s.MaglevTableSize = lb.ScopeExternal, lb.KindExternalIP, 251
 	r.Upsert(s)
-	mustSync(t, r)
+	syncAll(t, r)
 	st, _ := fake.Dump()
 	if len(st.Frontends) != 1 || st.Frontends[1].Scope != lb.ScopeExternal {
 		t.Errorf("want frontend 1 kept and made external:\n%s", fake)
@@ -236,7 +236,7 @@ func TestScopeChangeKeepsFrontendID(t *testing.T) {
 	}
 	s.Frontends[0].Scope, s.Frontends[0].Kind = lb.ScopeInternal, lb.KindClusterIP
 	r.Upsert(s)
-	mustSync(t, r)
+	syncAll(t, r)
 	st, _ = fake.Dump()
 	if len(st.Services) != 1 || len(st.Maglev) != 2 || len(st.Backends) != 1 {
 		t.Errorf("the external view wasn't removed (want the two tables of the internal view left):\n%s", fake)
@@ -254,13 +254,13 @@ func TestRestartWithOneChange(t *testing.T) {
 		all[i].Frontends[1].Port = uint16(1000 + i) // one VIP, a port per service
 	}
 	r.Replace(all)
-	mustSync(t, r)
+	syncAll(t, r)
 
 	fake.ResetCounts()
 	r = newReconciler(t, fake)
 	all[3].Backends = all[3].Backends[1:]
 	r.Replace(all)
-	res := mustSync(t, r)
+	res := syncAll(t, r)
 	if !slices.Equal(res.Updated, []lb.ServiceName{all[3].Name}) {
 		t.Errorf("after restart, Updated = %v, want only %s", res.Updated, all[3].Name)
 	}
@@ -303,7 +303,7 @@ func TestRestartWaitsForFullStateBeforePruning(t *testing.T) {
 		t.Errorf("an upsert before MarkSynced wasn't applied:\n%s", dump)
 	}
 	r.MarkSynced()
-	res := mustSync(t, r)
+	res := syncAll(t, r)
 	dump = fake.String()
 	if strings.Contains(dump, "default/gone") || strings.Contains(dump, "backend 99:") || strings.Contains(dump, "10.96.9.9") {
 		t.Errorf("after MarkSynced, stale entries remain:\n%s", dump)
@@ -434,7 +434,7 @@ func TestReplaceAllBackendsInOneSync(t *testing.T) {
 	r.Upsert(clusterIP("default/a:http", "10.96.0.1", "10.0.0.1"))
 	mustSync(t, r)
 	r.Upsert(clusterIP("default/a:http", "10.96.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"))
-	res := mustSync(t, r)
+	res := syncAll(t, r)
 	if len(res.RemovedBackends) != 1 {
 		t.Errorf("RemovedBackends = %+v, want the one old backend", res.RemovedBackends)
 	}
@@ -479,7 +479,7 @@ func TestDualStackHalves(t *testing.T) {
 	name6 := v6.Name
 	name6.IPv6 = true
 	again.Delete(name6)
-	mustSync(t, again)
+	syncAll(t, again)
 	st, _ = fake.Dump()
 	if len(st.Services) != 1 || len(st.Backends) != 1 {
 		t.Fatalf("after deleting the IPv6 half, want the IPv4 half only:\n%s", fake)
