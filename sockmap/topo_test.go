@@ -82,9 +82,18 @@ func apply(tb testing.TB, rec *lb.Reconciler, svcs ...*lb.Service) {
 	for _, s := range svcs {
 		rec.Upsert(s)
 	}
-	if _, err := rec.Sync(); err != nil {
-		tb.Fatalf("sync: %v", err)
+	// As the agent's runner does: sync again while the reconciler asks
+	// (a backend leaving a service is deleted by the Sync after).
+	for range 10 {
+		res, err := rec.Sync()
+		if err != nil {
+			tb.Fatalf("sync: %v", err)
+		}
+		if !res.Again {
+			return
+		}
 	}
+	tb.Fatal("the reconciler still asks for another sync after 10")
 }
 
 // clientIn starts a client child in the topology's cgroup and client
