@@ -65,23 +65,38 @@ func TestConntrack(t *testing.T) {
 // its backend.
 func TestConntrackTimeout(t *testing.T) {
 	e := newEnv(t, Config{CTTimeoutTCP: 2 * time.Second})
+	f, _, fl := establishedOnA(t, e, 1234)
+	stampFlow(t, e, fl, monotonicNow(t)-uint64(3*time.Second))
+	if got := e.backendOf(t, fl); got != f.tunB {
+		t.Errorf("stale flow stayed on %s", got)
+	}
+}
+
+// establishedOnA establishes a TCP flow from sport to a DSR service whose
+// table names only backend A, then leaves the table naming only B: the
+// flow stays on A exactly as long as its conntrack entry holds it there.
+func establishedOnA(t *testing.T, e *testEnv, sport uint16) (family, svc, flow) {
+	t.Helper()
 	f := families[0]
 	s := dsrService(f, protoTCP)
 	s.Table = []lb.BackendID{1}
 	e.addService(t, s)
-	fl := clientFlow(f, protoTCP, 1234)
+	fl := clientFlow(f, protoTCP, sport)
 	if got := e.backendOf(t, fl); got != f.tunA {
-		t.Fatalf("got %s", got)
+		t.Fatalf("new flow went to %s, want backend A %s", got, f.tunA)
 	}
 	e.setTable(t, s.ID, 2)
+	return f, s, fl
+}
+
+// stampFlow sets the flow's conntrack entry's last-seen time.
+func stampFlow(t *testing.T, e *testEnv, fl flow, lastSeen uint64) {
+	t.Helper()
 	key := ctKeyOf(fl)
 	var ct bpf.CTValue
 	must(t, e.maps.CT.Lookup(&key, &ct))
-	ct.LastSeen = monotonicNow(t) - uint64(3*time.Second)
+	ct.LastSeen = lastSeen
 	must(t, e.maps.CT.Update(&key, &ct, ebpf.UpdateExist))
-	if got := e.backendOf(t, fl); got != f.tunB {
-		t.Errorf("stale flow stayed on %s", got)
-	}
 }
 
 func ctKeyOf(fl flow) bpf.CTKey {
@@ -95,16 +110,8 @@ func ctKeyOf(fl flow) bpf.CTKey {
 // out of the table; established flows keep it, new flows don't get it.
 func TestTerminatingBackend(t *testing.T) {
 	e := newEnv(t, Config{})
-	f := families[0]
-	s := dsrService(f, protoTCP)
-	s.Table = []lb.BackendID{1}
-	e.addService(t, s)
-	fl := clientFlow(f, protoTCP, 2000)
-	if got := e.backendOf(t, fl); got != f.tunA {
-		t.Fatalf("got %s", got)
-	}
+	f, s, fl := establishedOnA(t, e, 2000)
 	e.addBackend(t, s.ID, be{ID: 1, Addr: s.Backends[0].Addr, Tunnel: f.tunA, State: lb.BackendTerminating})
-	e.setTable(t, s.ID, 2)
 	if got := e.backendOf(t, fl); got != f.tunA {
 		t.Errorf("established flow of a terminating backend moved to %s", got)
 	}
@@ -119,16 +126,8 @@ func TestTerminatingBackend(t *testing.T) {
 // its established flows move to a live backend instead of black-holing.
 func TestQuarantinedBackend(t *testing.T) {
 	e := newEnv(t, Config{})
-	f := families[0]
-	s := dsrService(f, protoTCP)
-	s.Table = []lb.BackendID{1}
-	e.addService(t, s)
-	fl := clientFlow(f, protoTCP, 3000)
-	if got := e.backendOf(t, fl); got != f.tunA {
-		t.Fatalf("got %s", got)
-	}
+	f, s, fl := establishedOnA(t, e, 3000)
 	e.addBackend(t, s.ID, be{ID: 1, Addr: s.Backends[0].Addr, Tunnel: f.tunA, State: lb.BackendQuarantined})
-	e.setTable(t, s.ID, 2)
 	if got := e.backendOf(t, fl); got != f.tunB {
 		t.Errorf("established flow of a quarantined backend stayed on %s, want %s", got, f.tunB)
 	}
@@ -298,24 +297,14 @@ func TestNewFlowCachesNextHop(t *testing.T) {
 // not idle for 2^64 ns.
 func TestConntrackClockAhead(t *testing.T) {
 	e := newEnv(t, Config{})
-	f := families[0]
-	s := dsrService(f, protoTCP)
-	s.Table = []lb.BackendID{1}
-	e.addService(t, s)
-	fl := clientFlow(f, protoTCP, 7200)
-	if got := e.backendOf(t, fl); got != f.tunA {
-		t.Fatalf("got %s", got)
-	}
-	e.setTable(t, s.ID, 2)
-	key := ctKeyOf(fl)
-	var ct bpf.CTValue
-	must(t, e.maps.CT.Lookup(&key, &ct))
+	f, _, fl := establishedOnA(t, e, 7200)
 	ahead := monotonicNow(t) + uint64(50*time.Millisecond)
-	ct.LastSeen = ahead
-	must(t, e.maps.CT.Update(&key, &ct, ebpf.UpdateExist))
+	stampFlow(t, e, fl, ahead)
 	if got := e.backendOf(t, fl); got != f.tunA {
 		t.Errorf("flow stamped ahead of the clock moved to %s", got)
 	}
+	key := ctKeyOf(fl)
+	var ct bpf.CTValue
 	must(t, e.maps.CT.Lookup(&key, &ct))
 	if ct.LastSeen != ahead {
 		t.Errorf("last_seen rewritten to %d (ahead: %d)", ct.LastSeen, ahead)
