@@ -138,25 +138,13 @@ func TestK8sAgent(t *testing.T) {
 	}
 
 	// East-west: a process in the test cgroup on the node, socket hooks.
-	ew := func(addr netip.AddrPort, n int) map[string]int {
-		t.Helper()
-		got := map[string]int{}
-		for range n {
-			name, err := k.curlInCgroup(addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got[name]++
-		}
-		return got
-	}
-	if got := ew(netip.AddrPortFrom(webIP, 80), 16); !sameKeys(got, "b1", "b2") {
+	if got := k.spreadInCgroup(t, netip.AddrPortFrom(webIP, 80), 16); !sameKeys(got, "b1", "b2") {
 		t.Errorf("ClusterIP %s:80 from the node's cgroup: answers from %v, want b1 and b2", webIP, got)
 	}
-	if got := ew(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(webNP)), 4); !subsetKeys(got, "b1", "b2") {
+	if got := k.spreadInCgroup(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(webNP)), 4); !subsetKeys(got, "b1", "b2") {
 		t.Errorf("NodePort on 127.0.0.1 from the node's cgroup: answers from %v, want b1/b2", got)
 	}
-	if got := ew(netip.AddrPortFrom(termIP, 80), 8); !sameKeys(got, "b1") {
+	if got := k.spreadInCgroup(t, netip.AddrPortFrom(termIP, 80), 8); !sameKeys(got, "b1") {
 		t.Errorf("ClusterIP with a terminating endpoint: answers from %v, want only the ready b1", got)
 	}
 

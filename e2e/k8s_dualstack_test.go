@@ -110,25 +110,13 @@ func TestK8sDualStack(t *testing.T) {
 	}
 
 	// East-west: a process in the hooked cgroup, both ClusterIPs.
-	ew := func(addr netip.AddrPort, n int) map[string]int {
-		t.Helper()
-		got := map[string]int{}
-		for range n {
-			name, err := k.curlInCgroup(addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got[name]++
-		}
-		return got
-	}
-	if got := ew(netip.AddrPortFrom(dsIP4, 80), 16); !sameKeys(got, "b1", "b2") {
+	if got := k.spreadInCgroup(t, netip.AddrPortFrom(dsIP4, 80), 16); !sameKeys(got, "b1", "b2") {
 		t.Errorf("ClusterIP %s:80 from the node's cgroup: answers from %v, want the IPv4 backends b1 and b2", dsIP4, got)
 	}
-	if got := ew(netip.AddrPortFrom(dsIP6, 80), 16); !sameKeys(got, "b3", "b4") {
+	if got := k.spreadInCgroup(t, netip.AddrPortFrom(dsIP6, 80), 16); !sameKeys(got, "b3", "b4") {
 		t.Errorf("ClusterIP [%s]:80 from the node's cgroup: answers from %v, want the IPv6 backends b3 and b4", dsIP6, got)
 	}
-	if got := ew(netip.AddrPortFrom(lo6, uint16(dsTCP)), 4); !subsetKeys(got, "b3", "b4") {
+	if got := k.spreadInCgroup(t, netip.AddrPortFrom(lo6, uint16(dsTCP)), 4); !subsetKeys(got, "b3", "b4") {
 		t.Errorf("NodePort [::1]:%d from the node's cgroup: answers from %v, want b3/b4", dsTCP, got)
 	}
 
@@ -176,7 +164,7 @@ func TestK8sDualStack(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "refused") {
 		t.Errorf("ClusterIP [%s]:80 without IPv6 endpoints: %v, want the connection refused", dsIP6, err)
 	}
-	if got := ew(netip.AddrPortFrom(dsIP4, 80), 8); !sameKeys(got, "b1", "b2") {
+	if got := k.spreadInCgroup(t, netip.AddrPortFrom(dsIP4, 80), 8); !sameKeys(got, "b1", "b2") {
 		t.Errorf("IPv4 ClusterIP after the IPv6 half emptied: answers from %v, want b1 and b2", got)
 	}
 	if got := spread(t, k.lab, np4, 10, 44300); !subsetKeys(got, "b1", "b2") {

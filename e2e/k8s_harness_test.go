@@ -261,6 +261,21 @@ func (k *k8sLab) curlInCgroup(addr netip.AddrPort) (string, error) {
 	return name, nil
 }
 
+// spreadInCgroup makes n requests to addr with curlInCgroup and counts
+// the answers by backend name.
+func (k *k8sLab) spreadInCgroup(t *testing.T, addr netip.AddrPort, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		name, err := k.curlInCgroup(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	return got
+}
+
 // connectInCgroup opens a TCP connection to addr from the node's
 // namespace inside the test cgroup and closes it; the error carries the
 // errno's text ("Connection refused"), which curl does not print.

@@ -60,21 +60,29 @@ func (s slots) takeOver(tb testing.TB, cookie uint64) {
 	}
 }
 
-// TCP: connect writes the socket's cookie slot; the first getpeername
-// answers from it and copies it into the socket's storage, which answers
-// from then on, also once the slot has gone to a newer socket.
-func TestTCPPeerNameOutlivesSlot(t *testing.T) {
+// openTCPToService programs a one-backend TCP service at vip and opens a
+// connection to it from a client in the hooked cgroup (closed at the end of
+// the test), returning the slots, the client and the open reply.
+func openTCPToService(t *testing.T, vip netip.AddrPort) (slots, *client, reply) {
+	t.Helper()
 	tp := newTopo(t, Config{})
-	vip := netip.MustParseAddrPort("10.96.0.13:80")
 	apply(t, tp.rec, service("web", vip, lb.TCP, backends4[0]))
 	s := openSlots(t, tp)
 	c := tp.newClient(t)
-
 	open := c.do(request{Op: "open", Net: "tcp4", Addr: vip.String()})
 	if r := open.Results[0]; r.Err != "" {
 		t.Fatalf("open: %s", r.Err)
 	}
-	defer c.do(request{Op: "close", Handle: open.Handle})
+	t.Cleanup(func() { c.do(request{Op: "close", Handle: open.Handle}) })
+	return s, c, open
+}
+
+// TCP: connect writes the socket's cookie slot; the first getpeername
+// answers from it and copies it into the socket's storage, which answers
+// from then on, also once the slot has gone to a newer socket.
+func TestTCPPeerNameOutlivesSlot(t *testing.T) {
+	vip := netip.MustParseAddrPort("10.96.0.13:80")
+	s, c, open := openTCPToService(t, vip)
 	first := c.mustOK(request{Op: "peer", Handle: open.Handle})
 	if first.Peer != vip.String() {
 		t.Fatalf("first getpeername = %s, want the service address %s", first.Peer, vip)
@@ -93,17 +101,8 @@ func TestTCPPeerNameOutlivesSlot(t *testing.T) {
 // TCP: a socket whose slot went to a newer socket before it ever asked
 // sees its backend, the documented limit, never another socket's service.
 func TestTCPPeerNameSlotTakenBeforeFirstAsk(t *testing.T) {
-	tp := newTopo(t, Config{})
 	vip := netip.MustParseAddrPort("10.96.0.14:80")
-	apply(t, tp.rec, service("web", vip, lb.TCP, backends4[0]))
-	s := openSlots(t, tp)
-	c := tp.newClient(t)
-
-	open := c.do(request{Op: "open", Net: "tcp4", Addr: vip.String()})
-	if r := open.Results[0]; r.Err != "" {
-		t.Fatalf("open: %s", r.Err)
-	}
-	defer c.do(request{Op: "close", Handle: open.Handle})
+	s, c, open := openTCPToService(t, vip)
 	// The socket's own getpeername would copy its slot: find the slot
 	// from the map instead, before the socket ever asks.
 	cookie := slotOf(t, s, vip)
