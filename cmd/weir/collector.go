@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -27,7 +32,29 @@ type mapCollector struct {
 	ctEntries, ctCapacity, ctServiceEntries  *prometheus.Desc
 	entries, capacity                        *prometheus.Desc
 	readErrors, scrapeDuration               *prometheus.Desc
+
+	// streamCounters leaves the per-service and per-backend series out
+	// of Collect and hands their snapshot over in streamed, for
+	// metricsHandler to write.
+	streamCounters bool
+	streamed       *statsSnapshot
+	// lastBackends sizes the next scrape's backend list: grown by
+	// appends, it would allocate twice its size.
+	lastBackends atomic.Int64
 }
+
+// The per-service and per-backend counter families: most of a large
+// node's series (metricsHandler writes them itself).
+const (
+	svcPacketsName = "weir_service_packets_total"
+	svcPacketsHelp = "Packets (XDP) and translated connections or datagrams (socket hooks) load-balanced per service view."
+	svcBytesName   = "weir_service_bytes_total"
+	svcBytesHelp   = "Bytes load-balanced per service view (XDP only: the socket hooks see no bytes)."
+	bePacketsName  = "weir_backend_packets_total"
+	bePacketsHelp  = "Packets (XDP) and translated connections or datagrams (socket hooks) sent to each backend."
+	beBytesName    = "weir_backend_bytes_total"
+	beBytesHelp    = "Bytes sent to each backend (XDP only)."
+)
 
 func newMapCollector(m *bpf.Maps) *mapCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
@@ -35,10 +62,10 @@ func newMapCollector(m *bpf.Maps) *mapCollector {
 	}
 	return &mapCollector{
 		maps:             m,
-		svcPackets:       d("weir_service_packets_total", "Packets (XDP) and translated connections or datagrams (socket hooks) load-balanced per service view.", "service", "scope"),
-		svcBytes:         d("weir_service_bytes_total", "Bytes load-balanced per service view (XDP only: the socket hooks see no bytes).", "service", "scope"),
-		bePackets:        d("weir_backend_packets_total", "Packets (XDP) and translated connections or datagrams (socket hooks) sent to each backend.", "service", "scope", "backend"),
-		beBytes:          d("weir_backend_bytes_total", "Bytes sent to each backend (XDP only).", "service", "scope", "backend"),
+		svcPackets:       d(svcPacketsName, svcPacketsHelp, "service", "scope"),
+		svcBytes:         d(svcBytesName, svcBytesHelp, "service", "scope"),
+		bePackets:        d(bePacketsName, bePacketsHelp, "service", "scope", "backend"),
+		beBytes:          d(beBytesName, beBytesHelp, "service", "scope", "backend"),
 		drops:            d("weir_drops_total", "Packets dropped or rejected by the datapath (and refused socket connects or sends), by reason.", "reason"),
 		dropBytes:        d("weir_drop_bytes_total", "Bytes dropped or rejected by the datapath, by reason.", "reason"),
 		eventsLost:       d("weir_events_lost_total", "Drop and flow events not written to the events ring buffer: over the rate bound, or the buffer was full (nobody runs `weir observe`)."),
@@ -68,9 +95,16 @@ func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	failed := map[string]bool{}
-	snap, names, errs := readStatsAndNames(c.maps)
+	snap, names, errs := readStatsAndNames(c.maps, int(c.lastBackends.Load()))
+	c.lastBackends.Store(int64(len(snap.backends)))
 	for name := range errs {
 		failed[name] = true
+	}
+	if c.streamCounters {
+		c.streamed = snap
+		snap = &statsSnapshot{Drops: snap.Drops, EventsLost: snap.EventsLost}
+	} else {
+		snap.labelBackends()
 	}
 	// The registry sorts every family's series by their label values,
 	// in label-name order (backend, scope, service); handed over in that
@@ -216,10 +250,92 @@ func readServiceNames(m *bpf.Maps) (map[uint32]serviceName, error) {
 // by name. Service IDs sharing a name and scope (the two halves of a
 // dual-stack service) are summed.
 type statsSnapshot struct {
-	Services   []serviceStats `json:"services"`
+	Services []serviceStats `json:"services"`
+	// Backends is filled by labelBackends from backends.
 	Backends   []backendStats `json:"backends"`
 	Drops      []dropStats    `json:"drops"`
 	EventsLost uint64         `json:"events_lost"`
+
+	backends     []backendCounter // sorted by name, address and port
+	backendNames []serviceName
+}
+
+// labelBackends fills Backends, sorted by service, scope and address.
+func (s *statsSnapshot) labelBackends() {
+	s.Backends = make([]backendStats, 0, len(s.backends))
+	for i := range s.backends {
+		c := &s.backends[i]
+		n := s.backendNames[c.name]
+		s.Backends = append(s.Backends, backendStats{Service: n.Name, Scope: n.Scope, Backend: c.addrPort().String(), Packets: c.packets, Bytes: c.bytes})
+	}
+	sortBackendStats(s.Backends)
+}
+
+// readBackendCounters reads every backend's counters, labelled by an
+// index in the returned names. Backends of service IDs that share a name
+// and scope (the halves of a dual-stack service) and an address add up:
+// sorted, they are neighbours.
+func readBackendCounters(m *bpf.Maps, names map[uint32]serviceName, hint int, errs map[string]error) ([]serviceName, []backendCounter, error) {
+	uniq := make([]serviceName, 0, len(names)+1)
+	uniq = append(uniq, serviceName{}) // a backend whose service has no frontend
+	var maxSID uint32
+	for id, n := range names {
+		uniq = append(uniq, n)
+		maxSID = max(maxSID, id)
+	}
+	cmpNames := func(a, b serviceName) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.Scope, b.Scope))
+	}
+	slices.SortFunc(uniq, cmpNames)
+	uniq = slices.Compact(uniq)
+	index := make([]uint32, maxSID+1) // by service ID; 0 is the unnamed entry
+	for id, n := range names {
+		i, _ := slices.BinarySearchFunc(uniq, n, cmpNames)
+		index[id] = uint32(i)
+	}
+	unnamed, _ := slices.BinarySearchFunc(uniq, serviceName{}, cmpNames)
+
+	// A backend's ID waits in packets until its counters are read.
+	out := make([]backendCounter, 0, hint)
+	var maxBID uint32
+	err := batchWalk(m.Backends, func(id *uint32, bv *bpf.BackendValue) {
+		n := uint32(unnamed)
+		if int(bv.ServiceID) < len(index) {
+			if _, ok := names[bv.ServiceID]; ok {
+				n = index[bv.ServiceID]
+			}
+		}
+		out = append(out, backendCounter{name: n, addr: bv.Addr, port: bv.Port.Host(), packets: uint64(*id)})
+		maxBID = max(maxBID, *id)
+	})
+	if err != nil {
+		return uniq, nil, fmt.Errorf("read map weir_backends: %w", err)
+	}
+	stats, err := sumStatsUpTo(m.BackendStats, maxBID)
+	if err != nil {
+		errs["weir_backend_stats"] = err
+	}
+	for i := range out {
+		c := &out[i]
+		var st bpf.TrafficStats
+		if c.packets < uint64(len(stats)) {
+			st = stats[c.packets]
+		}
+		c.packets, c.bytes = st.Packets, st.Bytes
+	}
+	slices.SortFunc(out, func(a, b backendCounter) int {
+		return cmp.Or(cmp.Compare(a.name, b.name), bytes.Compare(a.addr[:], b.addr[:]), cmp.Compare(a.port, b.port))
+	})
+	merged := out[:0]
+	for _, c := range out {
+		if last := len(merged) - 1; last >= 0 && merged[last].name == c.name && merged[last].addr == c.addr && merged[last].port == c.port {
+			merged[last].packets += c.packets
+			merged[last].bytes += c.bytes
+			continue
+		}
+		merged = append(merged, c)
+	}
+	return uniq, merged, nil
 }
 
 type serviceStats struct {
@@ -227,6 +343,19 @@ type serviceStats struct {
 	Scope   string `json:"scope"`
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
+}
+
+// backendCounter is a backend's counters as a scrape holds them: 40
+// bytes and no strings, for 100k backends a tenth of the labelled form.
+type backendCounter struct {
+	name           uint32 // index in statsSnapshot.backendNames
+	port           uint16
+	addr           bpf.Addr
+	packets, bytes uint64
+}
+
+func (c *backendCounter) addrPort() netip.AddrPort {
+	return netip.AddrPortFrom(c.addr.IP(), c.port)
 }
 
 type backendStats struct {
@@ -246,28 +375,27 @@ type dropStats struct {
 // readStats reads every counter. A map that can't be read is reported in
 // the error map (by map name) and left out; the rest is still returned.
 func readStats(m *bpf.Maps) (*statsSnapshot, map[string]error) {
-	snap, _, errs := readStatsAndNames(m)
+	snap, _, errs := readStatsAndNames(m, 0)
+	snap.labelBackends()
 	sort.Slice(snap.Services, func(i, j int) bool {
 		a, b := snap.Services[i], snap.Services[j]
 		return a.Service < b.Service || a.Service == b.Service && a.Scope < b.Scope
 	})
-	sort.Slice(snap.Backends, func(i, j int) bool {
-		a, b := snap.Backends[i], snap.Backends[j]
-		if a.Service != b.Service {
-			return a.Service < b.Service
-		}
-		if a.Scope != b.Scope {
-			return a.Scope < b.Scope
-		}
-		return a.Backend < b.Backend
-	})
 	return snap, errs
 }
 
-// readStatsAndNames is readStats, unsorted, that also returns the
-// service names it read. Maps are read in batches: a scrape at 100k backends makes tens
-// of syscalls, not hundreds of thousands.
-func readStatsAndNames(m *bpf.Maps) (*statsSnapshot, map[uint32]serviceName, map[string]error) {
+// sortBackendStats orders backends by service, scope and address.
+func sortBackendStats(bs []backendStats) {
+	slices.SortFunc(bs, func(a, b backendStats) int {
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Scope, b.Scope), strings.Compare(a.Backend, b.Backend))
+	})
+}
+
+// readStatsAndNames is readStats, services unsorted, that also returns
+// the service names it read; backendsHint is how many backends to make
+// room for. Maps are read in batches: a scrape at 100k backends makes
+// tens of syscalls, not hundreds of thousands.
+func readStatsAndNames(m *bpf.Maps, backendsHint int) (*statsSnapshot, map[uint32]serviceName, map[string]error) {
 	errs := map[string]error{}
 	snap := &statsSnapshot{Services: []serviceStats{}, Backends: []backendStats{}, Drops: []dropStats{}}
 	names, err := readServiceNames(m)
@@ -301,45 +429,9 @@ func readStatsAndNames(m *bpf.Maps) (*statsSnapshot, map[uint32]serviceName, map
 		snap.Services = append(snap.Services, *s)
 	}
 
-	type beKey struct{ service, scope, backend string }
-	type backend struct {
-		id uint32
-		bv bpf.BackendValue
-	}
-	var (
-		backends []backend
-		maxBID   uint32
-	)
-	if err := batchWalk(m.Backends, func(id *uint32, bv *bpf.BackendValue) {
-		backends = append(backends, backend{*id, *bv})
-		maxBID = max(maxBID, *id)
-	}); err != nil {
-		errs["weir_backends"] = fmt.Errorf("read map weir_backends: %w", err)
-	}
-	beStats, err := sumStatsUpTo(m.BackendStats, maxBID)
+	snap.backendNames, snap.backends, err = readBackendCounters(m, names, backendsHint, errs)
 	if err != nil {
-		errs["weir_backend_stats"] = err
-	}
-	bes := make(map[beKey]*backendStats, len(backends))
-	for _, be := range backends {
-		bv := &be.bv
-		var st bpf.TrafficStats
-		if int(be.id) < len(beStats) {
-			st = beStats[be.id]
-		}
-		n := names[bv.ServiceID]
-		k := beKey{n.Name, n.Scope, netip.AddrPortFrom(bv.Addr.IP(), bv.Port.Host()).String()}
-		b := bes[k]
-		if b == nil {
-			b = &backendStats{Service: k.service, Scope: k.scope, Backend: k.backend}
-			bes[k] = b
-		}
-		b.Packets += st.Packets
-		b.Bytes += st.Bytes
-	}
-	snap.Backends = make([]backendStats, 0, len(bes))
-	for _, b := range bes {
-		snap.Backends = append(snap.Backends, *b)
+		errs["weir_backends"] = err
 	}
 
 	for _, r := range bpf.Reasons() {

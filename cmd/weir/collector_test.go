@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/weir-lb/weir/bpf"
@@ -98,6 +99,11 @@ func gathered(tb testing.TB, c prometheus.Collector) map[string]float64 {
 	obsMust(tb, reg.Register(c))
 	mfs, err := reg.Gather()
 	obsMust(tb, err)
+	return seriesOf(mfs)
+}
+
+// seriesOf flattens families as gathered does.
+func seriesOf(mfs []*dto.MetricFamily) map[string]float64 {
 	out := map[string]float64{}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {

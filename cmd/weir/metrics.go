@@ -377,8 +377,12 @@ func checkXDPLink(pin, dev string) error {
 	return nil
 }
 
-func registerAgentMetrics(reg *prometheus.Registry, a *agent) {
+// registerAgentMetrics registers the agent's collectors and returns the
+// one of the BPF maps, whose per-backend series metricsHandler writes.
+func registerAgentMetrics(reg *prometheus.Registry, a *agent) *mapCollector {
+	maps := newMapCollector(a.maps)
 	reg.MustRegister(a.status.metrics.collectors()...)
-	reg.MustRegister(newMapCollector(a.maps))
+	reg.MustRegister(maps)
 	reg.MustRegister(newAgentCollector(a.healthStates, a.status.attachState))
+	return maps
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // startServers starts the metrics and health servers. A bind failure is a
@@ -36,9 +35,9 @@ func (a *agent) startServers() ([]*http.Server, error) {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	registerAgentMetrics(reg, a)
+	maps := registerAgentMetrics(reg, a)
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", newMetricsHandler(reg, maps))
 	a.healthHandlers(mux)
 	if err := start("metrics-bind-address", a.opts.metricsBindAddress, mux); err != nil {
 		return servers, err
