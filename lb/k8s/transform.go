@@ -1,6 +1,8 @@
 package k8s
 
 import (
+	"sync"
+
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -84,18 +86,85 @@ func trimService(s *v1.Service) {
 	trimMeta(&s.ObjectMeta, serviceLabels, serviceAnnotations)
 	s.Spec.Selector = nil // endpoints come from slices, not selectors
 	s.Status.Conditions = nil
+	s.Spec.Ports = clip(s.Spec.Ports)
+	s.Status.LoadBalancer.Ingress = clip(s.Status.LoadBalancer.Ingress)
 }
 
 // trimSlice drops what endpoints say about pods (target references,
 // deprecated topology); addresses, conditions, node, zone and hints stay.
+// Conditions, node names and zones, decoded as a small allocation each
+// per endpoint, point to shared values instead: cached objects are read
+// only, and at 100k endpoints that is a few MB.
 func trimSlice(es *discovery.EndpointSlice) {
 	trimMeta(&es.ObjectMeta, sliceLabels, sliceAnnotations)
+	es.Endpoints = clip(es.Endpoints)
+	es.Ports = clip(es.Ports)
 	for i := range es.Endpoints {
 		ep := &es.Endpoints[i]
 		ep.TargetRef = nil
 		ep.DeprecatedTopology = nil
 		ep.Hostname = nil
+		ep.Conditions.Ready = sharedBool(ep.Conditions.Ready)
+		ep.Conditions.Serving = sharedBool(ep.Conditions.Serving)
+		ep.Conditions.Terminating = sharedBool(ep.Conditions.Terminating)
+		ep.NodeName = places.intern(ep.NodeName)
+		ep.Zone = places.intern(ep.Zone)
 	}
+}
+
+// clip returns s in an array of its length. The decoder grows lists by
+// appending, so 10 endpoints arrive in an array of 16: a third of a
+// slice's cached bytes, for as long as it is cached.
+func clip[S ~[]E, E any](s S) S {
+	if cap(s) == len(s) {
+		return s
+	}
+	if len(s) == 0 {
+		return nil
+	}
+	return append(make(S, 0, len(s)), s...)
+}
+
+var boolValues = [2]bool{false, true}
+
+// sharedBool returns a pointer to a shared copy of *b; nil for nil.
+func sharedBool(b *bool) *bool {
+	if b == nil {
+		return nil
+	}
+	if *b {
+		return &boolValues[1]
+	}
+	return &boolValues[0]
+}
+
+// stringPool hands out one shared pointer per distinct string. It holds
+// node names and zones, a few per node of the cluster; it starts over
+// when it grows past maxInterned (nodes come and go), which only costs
+// sharing.
+type stringPool struct {
+	mu sync.Mutex
+	m  map[string]*string
+}
+
+const maxInterned = 1 << 16
+
+var places stringPool
+
+func (p *stringPool) intern(s *string) *string {
+	if s == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if v, ok := p.m[*s]; ok {
+		return v
+	}
+	if p.m == nil || len(p.m) >= maxInterned {
+		p.m = map[string]*string{}
+	}
+	p.m[*s] = s
+	return s
 }
 
 // trimNode keeps a node's zone label, taints (eligibility) and addresses

@@ -301,3 +301,52 @@ func TestDuplicateEndpoints(t *testing.T) {
 		t.Errorf("endpoints:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestTransformSharesValues: two slices' endpoints on one node end up
+// pointing at one node name, zone and condition values, equal to what
+// was decoded.
+func TestTransformSharesValues(t *testing.T) {
+	slice := func(node, zone string, ready bool) *discovery.EndpointSlice {
+		return &discovery.EndpointSlice{Endpoints: []discovery.Endpoint{{
+			Addresses:  []string{"10.0.0.1"},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(ready), Serving: ptr.To(ready)},
+			NodeName:   ptr.To(node), Zone: ptr.To(zone),
+		}}}
+	}
+	a, b, c := slice("node-a", "z1", true), slice("node-a", "z1", true), slice("node-b", "z2", false)
+	for _, es := range []*discovery.EndpointSlice{a, b, c} {
+		if _, err := transformObject(es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ea, eb, ec := a.Endpoints[0], b.Endpoints[0], c.Endpoints[0]
+	if ea.NodeName != eb.NodeName || ea.Zone != eb.Zone || ea.Conditions.Ready != eb.Conditions.Ready {
+		t.Error("equal values are not shared")
+	}
+	if *ec.NodeName != "node-b" || *ec.Zone != "z2" || *ec.Conditions.Ready || *ec.Conditions.Serving || ec.Conditions.Terminating != nil {
+		t.Errorf("values changed: %+v", ec)
+	}
+	if *ea.NodeName != "node-a" || !*ea.Conditions.Ready {
+		t.Errorf("values changed: %+v", ea)
+	}
+}
+
+// TestTransformClipsLists: lists the decoder grew by appending are kept
+// in arrays of their length, contents unchanged.
+func TestTransformClipsLists(t *testing.T) {
+	es := &discovery.EndpointSlice{Endpoints: make([]discovery.Endpoint, 0, 16)}
+	for i := range 10 {
+		es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{fmt.Sprintf("10.0.0.%d", i)}})
+	}
+	if _, err := transformObject(es); err != nil {
+		t.Fatal(err)
+	}
+	if len(es.Endpoints) != 10 || cap(es.Endpoints) != 10 {
+		t.Fatalf("endpoints len %d cap %d, want 10 and 10", len(es.Endpoints), cap(es.Endpoints))
+	}
+	for i, ep := range es.Endpoints {
+		if ep.Addresses[0] != fmt.Sprintf("10.0.0.%d", i) {
+			t.Errorf("endpoint %d: %v", i, ep.Addresses)
+		}
+	}
+}
