@@ -116,16 +116,17 @@ func newLogger(level string) (*slog.Logger, error) {
 // agent is a running Weir node: maps, programs, the reconciler and its
 // sources.
 type agent struct {
-	opts   agentOptions
-	log    *slog.Logger
-	maps   *bpf.Maps
-	rec    *lb.Reconciler
-	runner *lb.Runner
-	xdp    *xdp.Program
-	sock   *sockmap.Program
-	health *health.Checker
-	status *agentStatus
-	neigh  *neighbors // nil without XDP devices
+	settled bool // the first full programming is done (settleRuntime)
+	opts    agentOptions
+	log     *slog.Logger
+	maps    *bpf.Maps
+	rec     *lb.Reconciler
+	runner  *lb.Runner
+	xdp     *xdp.Program
+	sock    *sockmap.Program
+	health  *health.Checker
+	status  *agentStatus
+	neigh   *neighbors // nil without XDP devices
 	// sourceReady: the service source delivered its first full state.
 	sourceReady atomic.Bool
 	// neighSynced: the next hops were resolved at least once (only the
@@ -359,6 +360,10 @@ func (a *agent) sync() error {
 	}
 	if res.Again {
 		a.runner.Request()
+	}
+	if ready && !res.Again && !a.settled {
+		a.settled = true
+		go settleRuntime(os.Getenv)
 	}
 	prog := a.status.metrics.applied(start, time.Now(), len(res.Updated)+len(res.Deleted))
 	if res.Writes > 0 {

@@ -43,3 +43,23 @@ func TestMemoryLimitFlag(t *testing.T) {
 		t.Error("a negative --memory-limit was accepted")
 	}
 }
+
+// TestSettleRuntime: after the first programming the GC target tightens,
+// unless GOGC chose one.
+func TestSettleRuntime(t *testing.T) {
+	old := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(old) })
+	settleRuntime(func(string) string { return "" })
+	if got := debug.SetGCPercent(100); got != steadyGCPercent {
+		t.Errorf("GC percent %d after settling, want %d", got, steadyGCPercent)
+	}
+	settleRuntime(func(k string) string {
+		if k == "GOGC" {
+			return "100"
+		}
+		return ""
+	})
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GC percent %d after settling with GOGC set, want it left at 100", got)
+	}
+}
