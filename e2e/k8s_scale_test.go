@@ -49,11 +49,14 @@ import (
 //   - single-change-* and single-apply-*: the same for a change written
 //     alone, 250 ms after the previous sync (every other iteration);
 //   - heap-MiB: the Go heap in use at the scrape (go_memstats_heap_inuse_bytes);
+//   - heap-idle-MiB: heap memory free but not yet returned to the kernel;
+//   - go-sys-MiB: all memory the Go runtime has mapped (go_memstats_sys_bytes);
 //   - rss-MiB: the agent's VmRSS after all that.
 //
 // Nothing is asserted about the numbers. WEIR_K8S_SCALE_LOG=FILE keeps a
 // copy of the agent's log; WEIR_K8S_SCALE_PPROF=ADDR (e.g.
-// 127.0.0.1:6060, inside the node's netns) starts its pprof server.
+// 127.0.0.1:6060, inside the node's netns) starts its pprof server, and
+// WEIR_K8S_SCALE_HEAP=FILE with it saves a heap profile at the end.
 // Run it alone:
 //
 //	go test -run '^$' -bench K8sScale -benchtime 50x -timeout 30m ./e2e
@@ -118,6 +121,8 @@ func BenchmarkK8sScale(b *testing.B) {
 	}
 	scrapeMS := float64(time.Since(scrapeStart).Milliseconds())
 	heapMiB := metricValue(metrics, "go_memstats_heap_inuse_bytes") / (1 << 20)
+	idleMiB := (metricValue(metrics, "go_memstats_heap_idle_bytes") - metricValue(metrics, "go_memstats_heap_released_bytes")) / (1 << 20)
+	sysMiB := metricValue(metrics, "go_memstats_sys_bytes") / (1 << 20)
 
 	// Change latency is read from the agent's log ("msg=synced" lines,
 	// millisecond timestamps), not from /metrics: polling a scrape that
@@ -181,7 +186,18 @@ func BenchmarkK8sScale(b *testing.B) {
 	alone.report(b, "single-change", "single-apply")
 	b.ReportMetric(scrapeMS, "scrape-ms")
 	b.ReportMetric(heapMiB, "heap-MiB")
+	b.ReportMetric(idleMiB, "heap-idle-MiB")
+	b.ReportMetric(sysMiB, "go-sys-MiB")
 	b.ReportMetric(float64(vmRSS(b, agent.cmd.Process.Pid))/1024, "rss-MiB")
+	if addr, file := os.Getenv("WEIR_K8S_SCALE_PPROF"), os.Getenv("WEIR_K8S_SCALE_HEAP"); addr != "" && file != "" {
+		code, prof, err := scaleGetTimeout(node, addr, "/debug/pprof/heap?gc=1", time.Minute)
+		if err != nil || code != 200 {
+			b.Fatalf("heap profile: %d %v", code, err)
+		}
+		if err := os.WriteFile(file, []byte(prof), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // buildWeir builds cmd/weir into a temporary directory.
