@@ -26,9 +26,9 @@ import (
 // Clients that negotiate protobuf get them built as messages, as the
 // registry would have.
 //
-// Scrapes are served one at a time: the collector hands its snapshot
-// over in a field, and two concurrent scrapes of a large node would only
-// double the memory for the same answer.
+// Scrapes gather one at a time (the collector hands its snapshot over in
+// a field), and write their answers concurrently: a client that stops
+// reading holds up no other.
 type metricsHandler struct {
 	reg  prometheus.Gatherer
 	maps *mapCollector // nil: the registry has everything
@@ -45,7 +45,8 @@ func newMetricsHandler(reg prometheus.Gatherer, maps *mapCollector) *metricsHand
 	return &metricsHandler{reg: reg, maps: maps}
 }
 
-func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// gather gathers the registry and takes the collector's snapshot.
+func (h *metricsHandler) gather() ([]*dto.MetricFamily, *statsSnapshot, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	mfs, err := h.reg.Gather()
@@ -53,6 +54,11 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.maps != nil {
 		snap, h.maps.streamed = h.maps.streamed, nil
 	}
+	return mfs, snap, err
+}
+
+func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	mfs, snap, err := h.gather()
 	if err != nil && len(mfs) == 0 {
 		http.Error(w, "gathering metrics: "+err.Error(), http.StatusInternalServerError)
 		return

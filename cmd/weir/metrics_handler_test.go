@@ -9,7 +9,9 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -182,4 +184,59 @@ func (w *countingWriter) WriteHeader(code int) { w.code = code }
 func (w *countingWriter) Write(p []byte) (int, error) {
 	w.n += int64(len(p))
 	return len(p), nil
+}
+
+// blockedWriter is a client that stops reading: its writes never return
+// until released.
+type blockedWriter struct {
+	countingWriter
+	release chan struct{}
+	writing chan struct{}
+	once    sync.Once
+}
+
+func (w *blockedWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.writing) })
+	<-w.release
+	return len(p), nil
+}
+
+// TestMetricsHandlerStuckClient: a scrape whose client stopped reading
+// holds up no other scrape.
+func TestMetricsHandlerStuckClient(t *testing.T) {
+	m := mustTestMaps(t)
+	obsService(t, m, 1, "ns/web", "http", lb.ScopeExternal, "10.0.0.1", "10.1.0.1:8080")
+	reg := prometheus.NewRegistry()
+	c := newMapCollector(m)
+	obsMust(t, reg.Register(c))
+	h := newMetricsHandler(reg, c)
+	req := func() *http.Request {
+		r := httptest.NewRequest("GET", "/metrics", nil)
+		r.Header.Set("Accept", "text/plain;version=0.0.4")
+		return r
+	}
+
+	stuck := &blockedWriter{countingWriter: countingWriter{header: http.Header{}}, release: make(chan struct{}), writing: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.ServeHTTP(stuck, req())
+	}()
+	t.Cleanup(func() { close(stuck.release); <-done })
+	<-stuck.writing
+
+	second := make(chan *countingWriter)
+	go func() {
+		w := &countingWriter{header: http.Header{}, code: 200}
+		h.ServeHTTP(w, req())
+		second <- w
+	}()
+	select {
+	case w := <-second:
+		if w.code != 200 || w.n == 0 {
+			t.Fatalf("second scrape: status %d, %d bytes", w.code, w.n)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a scrape waited for another whose client stopped reading")
+	}
 }
