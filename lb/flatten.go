@@ -69,6 +69,18 @@ func (f flatFrontend) ident() frontendIdent {
 	return frontendIdent{addr: f.Addr, port: f.Port, proto: f.Protocol}
 }
 
+// entryFlags are the flags of the frontend's service entries in a view
+// with flags view. Source ranges restrict load-balancer addresses and
+// edge VIPs, not a service's NodePorts or external IPs: kube-proxy
+// applies loadBalancerSourceRanges to the load-balancer IPs only, and a
+// client allowed through a NodePort under kube-proxy must be under Weir.
+func (f flatFrontend) entryFlags(view ServiceFlags) ServiceFlags {
+	if f.Kind == KindNodePort || f.Kind == KindExternalIP {
+		return view &^ FlagSourceRanges
+	}
+	return view
+}
+
 // keyScopes are the scopes of the service keys a frontend gets. An
 // external frontend is also looked up by the socket hooks (local clients
 // dial external addresses too), and those lookups use the internal view.

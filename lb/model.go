@@ -226,7 +226,9 @@ type Service struct {
 	// external (or internal) frontends use only backends with Local set.
 	ExternalLocal bool
 	InternalLocal bool
-	// SourceRanges limits clients of external frontends; empty allows all.
+	// SourceRanges limits the clients of external frontends other than
+	// NodePorts and external IPs (load-balancer addresses and edge VIPs),
+	// as kube-proxy applies loadBalancerSourceRanges; empty allows all.
 	SourceRanges []netip.Prefix
 	// MaglevTableSize is the table size for external frontends; zero means
 	// the node's default.

@@ -231,7 +231,7 @@ func (r *Reconciler) writeKeys(jobs []*job) {
 					TableSize:       fv.tableSize,
 					TableGen:        vs.active,
 					Mode:            fv.mode,
-					Flags:           fv.flags,
+					Flags:           f.entryFlags(fv.flags),
 					AffinityTimeout: fv.affinityTimeout,
 				}
 				ks := st.key(k)

@@ -51,9 +51,9 @@
 // spec.loadBalancerSourceRanges (or, when empty, the annotation
 // service.beta.kubernetes.io/load-balancer-source-ranges) become
 // SourceRanges of the family's half when it has a LoadBalancer frontend;
-// a /0 means no restriction. (lb.Service has one list for all external
-// frontends, so the datapath also applies it to the NodePorts and external
-// IPs of such a half; kube-proxy restricts only the load-balancer IPs.)
+// a /0 means no restriction. As under kube-proxy they restrict the
+// load-balancer IPs only, not the service's NodePorts or external IPs
+// (lb.Service.SourceRanges).
 //
 // Skipped: ExternalName and headless services (clusterIP None or the
 // service.kubernetes.io/headless label), and services whose
