@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -119,6 +120,38 @@ func TestEdgeSNAT(t *testing.T) {
 		if from != uaddr || !strings.HasPrefix(name, "b") {
 			t.Errorf("UDP %s: answer %q from %s, want a backend's name from the VIP", uaddr, name, from)
 		}
+	}
+
+	// The SNAT ports stay out of the node's ephemeral ports (the agent's
+	// --snat-port-range auto), so no flow shares a source port with a
+	// connection of the node's own.
+	var eph []byte
+	must(t, l.lb.Do(func() error {
+		var err error
+		eph, err = os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+		return err
+	}))
+	var lo, hi int
+	if _, err := fmt.Sscan(string(eph), &lo, &hi); err != nil {
+		t.Fatalf("ip_local_port_range %q: %v", eph, err)
+	}
+	var entries []struct {
+		Mode     string `json:"mode"`
+		SNATPort int    `json:"snat_port"`
+	}
+	must(t, json.Unmarshal([]byte(l.weir("inspect", "conntrack", "--bpf-root", l.bpfRoot("lb"), "-o", "json")), &entries))
+	snat := 0
+	for _, e := range entries {
+		if e.Mode != "snat" {
+			continue
+		}
+		snat++
+		if e.SNATPort >= lo && e.SNATPort <= hi || e.SNATPort < 1024 {
+			t.Errorf("SNAT port %d: inside the node's ephemeral ports %d-%d or below 1024", e.SNATPort, lo, hi)
+		}
+	}
+	if snat == 0 {
+		t.Error("no SNAT flow in weir inspect conntrack")
 	}
 }
 

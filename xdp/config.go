@@ -26,7 +26,8 @@ type Config struct {
 	// the range is taken for a SNAT flow when one holds that port: when
 	// the SNAT address is one the node also uses for its own connections
 	// to backends, keep the range apart from the node's ephemeral ports
-	// (net.ipv4.ip_local_port_range, the same range by default).
+	// (net.ipv4.ip_local_port_range, the same range by default; the
+	// agent's --snat-port-range auto does).
 	SNATPortMin, SNATPortMax uint16
 	// EncapSourceV4 and EncapSourceV6 are the prefixes DSR outer source
 	// addresses are drawn from (a hash of the client's address and port

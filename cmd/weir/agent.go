@@ -36,6 +36,7 @@ type agentOptions struct {
 	hostNetnsOnly      bool
 	skipCgroups        []string
 	snatIPv4, snatIPv6 string
+	snatPortRange      string
 	minSyncPeriod      time.Duration
 	syncPeriod         time.Duration
 	mapSizes           bpf.MapSizes
@@ -64,6 +65,7 @@ func agentFlags(o *agentOptions) *pflag.FlagSet {
 	fs.StringSliceVar(&o.skipCgroups, "socket-lb-skip-cgroups", nil, "cgroup v2 directories whose sockets the socket hooks leave alone (e.g. sidecar meshes)")
 	fs.StringVar(&o.snatIPv4, "snat-ipv4", "", "IPv4 source address for SNAT mode (default: the first device's IPv4 address)")
 	fs.StringVar(&o.snatIPv6, "snat-ipv6", "", "IPv6 source address for SNAT mode (default: the first device's global IPv6 address)")
+	fs.StringVar(&o.snatPortRange, "snat-port-range", "auto", "SNAT source ports, MIN-MAX; 'auto': the ports outside the node's ephemeral range (net.ipv4.ip_local_port_range), the larger side, so SNAT flows never share a port with the node's own connections")
 	fs.DurationVar(&o.minSyncPeriod, "min-sync-period", 10*time.Millisecond, "minimum time between two syncs of the maps (a sync of one change costs well under a millisecond)")
 	fs.DurationVar(&o.syncPeriod, "sync-period", 30*time.Second, "period of the full resync of the maps")
 	fs.Uint32Var(&o.mapSizes.Services, "bpf-map-services", 0, "capacity of the service maps (0: default 65536)")
@@ -226,7 +228,15 @@ func (a *agent) attachXDP(devices []string) error {
 	if err != nil {
 		return fmt.Errorf("--xdp-mode: %w", err)
 	}
-	prog, err := xdp.Load(xdp.Config{Maps: a.maps, SNATv4: snat4, SNATv6: snat6, NewFlowSample: a.opts.newFlowSample})
+	ports, err := snatPortRange(a.opts.snatPortRange, readEphemeralPorts)
+	if err != nil {
+		return err
+	}
+	if ports.overlap != "" {
+		a.log.Warn("the SNAT port range overlaps the node's ephemeral ports: a SNAT flow and a connection of the node to the same backend can share a source port", "snat-port-range", ports, "ephemeral", ports.overlap)
+	}
+	prog, err := xdp.Load(xdp.Config{Maps: a.maps, SNATv4: snat4, SNATv6: snat6, NewFlowSample: a.opts.newFlowSample,
+		SNATPortMin: ports.min, SNATPortMax: ports.max})
 	if err != nil {
 		return err
 	}
