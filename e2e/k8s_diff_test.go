@@ -105,6 +105,15 @@ func TestK8sDiffKubeProxy(t *testing.T) {
 	local, err = k.c.SetLoadBalancerIngress(k.ctx, local, localLB)
 	must(t, err)
 
+	// loadBalancerSourceRanges: the backends are the same from every
+	// frontend (who may reach the LB IP is TestK8sSourceRanges').
+	ranged := webService("ranged", netip.MustParseAddr("192.0.2.30"))
+	ranged.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+	ranged = k.createService(ranged)
+	ranged, err = k.c.SetLoadBalancerIngress(k.ctx, ranged, netip.MustParseAddr("198.51.100.30"))
+	must(t, err)
+	k.applySlice(kube.EndpointSlice(ranged, "ranged-1", b2, b3))
+
 	// No endpoints at all: neither programs a backend.
 	k.createService(kube.Service("e2e", "empty", kube.Port(corev1.ProtocolTCP, 80, 8080)))
 
@@ -116,7 +125,7 @@ func TestK8sDiffKubeProxy(t *testing.T) {
 		frontendOf(k.nodeIP, localNP, corev1.ProtocolTCP): true,
 		frontendOf(localLB, 80, corev1.ProtocolTCP):       true,
 	}
-	views := k.agreeWithKubeProxy(kp, kpIPs, localExternal, 15, false)
+	views := k.agreeWithKubeProxy(kp, kpIPs, localExternal, 19, false)
 	// The ones the loop left out.
 	raw := kube.NftServices(t, kp)
 	t.Logf("kube-proxy's eTP Local frontends as kube.NftServices reads them (local policy not modelled): NodePort %v, LB %v",
