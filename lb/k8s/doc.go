@@ -48,12 +48,12 @@
 // externalTrafficPolicy Local (on an externally reachable service) sets
 // ExternalLocal, internalTrafficPolicy Local sets InternalLocal,
 // sessionAffinity ClientIP sets SessionAffinity (default 10800 s).
-// spec.loadBalancerSourceRanges (or, when empty, the annotation
-// service.beta.kubernetes.io/load-balancer-source-ranges) become
-// SourceRanges of the family's half when it has a LoadBalancer frontend;
-// a /0 means no restriction. As under kube-proxy they restrict the
-// load-balancer IPs only, not the service's NodePorts or external IPs
-// (lb.Service.SourceRanges).
+// spec.loadBalancerSourceRanges become SourceRanges of the family's half
+// when it has a LoadBalancer frontend; a /0 means no restriction. As under
+// kube-proxy they restrict the load-balancer IPs only, not the service's
+// NodePorts or external IPs (lb.Service.SourceRanges), and the legacy
+// annotation service.beta.kubernetes.io/load-balancer-source-ranges is
+// ignored.
 //
 // Skipped: ExternalName and headless services (clusterIP None or the
 // service.kubernetes.io/headless label), and services whose

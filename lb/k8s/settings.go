@@ -20,10 +20,13 @@ const (
 	// AnnotationMaglevTableSize overrides Options.MaglevTableSize; the
 	// value must be one of maglev.AllowedTableSizes.
 	AnnotationMaglevTableSize = "weir.io/maglev-table-size"
-	// AnnotationSourceRanges is the cloud providers' older spelling of
-	// spec.loadBalancerSourceRanges, read when the field is empty.
-	AnnotationSourceRanges = "service.beta.kubernetes.io/load-balancer-source-ranges"
 )
+
+// annotationLegacySourceRanges is the cloud providers' older spelling of
+// spec.loadBalancerSourceRanges. kube-proxy ignores it (cloud load
+// balancers enforce it themselves, often from their own addresses), and
+// so does Weir: honouring it dropped traffic kube-proxy lets through.
+const annotationLegacySourceRanges = "service.beta.kubernetes.io/load-balancer-source-ranges"
 
 // settings are the per-service values shared by its ports and families.
 type settings struct {
@@ -92,16 +95,11 @@ func externallyAccessible(svc *v1.Service) bool {
 	return false
 }
 
-// sourceRanges parses spec.loadBalancerSourceRanges (or the annotation)
-// into one sorted list per family. A /0 in a family allows everyone, so
-// that family gets no list, as in kube-proxy.
+// sourceRanges parses spec.loadBalancerSourceRanges into one sorted list
+// per family. A /0 in a family allows everyone, so that family gets no
+// list, as in kube-proxy.
 func sourceRanges(svc *v1.Service, r *result) (v4, v6 []netip.Prefix) {
 	raw, from := svc.Spec.LoadBalancerSourceRanges, "spec.loadBalancerSourceRanges"
-	if len(raw) == 0 {
-		if a := svc.Annotations[AnnotationSourceRanges]; a != "" {
-			raw, from = strings.Split(a, ","), "annotation "+AnnotationSourceRanges
-		}
-	}
 	var all4, all6 bool
 	for _, s := range raw {
 		s = strings.TrimSpace(s)

@@ -24,7 +24,7 @@ const AnnotationTriggerTime = v1.EndpointsLastChangeTriggerTime
 
 // serviceAnnotations and serviceLabels are the ones translation reads.
 var (
-	serviceAnnotations = []string{AnnotationMode, AnnotationMaglevTableSize, AnnotationSourceRanges}
+	serviceAnnotations = []string{AnnotationMode, AnnotationMaglevTableSize}
 	serviceLabels      = []string{labelHeadless, labelServiceProxyName}
 	sliceAnnotations   = []string{AnnotationTriggerTime}
 	sliceLabels        = []string{discovery.LabelServiceName, labelHeadless}

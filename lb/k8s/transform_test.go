@@ -45,8 +45,8 @@ func transformCases() []struct {
 		lbIngress(v1.LoadBalancerIngress{IP: "203.0.113.7"}, v1.LoadBalancerIngress{IP: "2001:db8::7"}),
 		annotated(AnnotationMode, "snat"),
 		annotated(AnnotationMaglevTableSize, "16381"),
-		annotated(AnnotationSourceRanges, "198.51.100.0/24"),
 	)
+	lbSvc.Spec.LoadBalancerSourceRanges = []string{"198.51.100.0/24"}
 	lbSvc.Spec.ExternalIPs = []string{"192.0.2.10"}
 	lbSvc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
 	lbSvc.Spec.HealthCheckNodePort = 31000

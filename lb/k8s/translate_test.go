@@ -131,12 +131,12 @@ default/lb:http mode=dsr ranges=[10.0.0.0/8 203.0.113.0/24]
 			logs: []string{`spec.loadBalancerSourceRanges: \"bogus\" is not a CIDR`},
 		},
 		{
-			name: "source ranges: the annotation when the field is empty; /0 allows all",
+			name: "source ranges: the legacy annotation is ignored, as kube-proxy does; /0 allows all",
 			objs: []runtime.Object{
 				service("default", "annotated", svcType(v1.ServiceTypeLoadBalancer), clusterIP("10.96.0.11"),
 					svcPorts(svcPort("http", 80, 0, v1.ProtocolTCP)),
 					lbIngress(v1.LoadBalancerIngress{IP: "203.0.113.10"}),
-					annotated(AnnotationSourceRanges, "192.0.2.0/24, 198.51.100.1/24")),
+					annotated(annotationLegacySourceRanges, "192.0.2.0/24, 198.51.100.1/24")),
 				service("default", "open", svcType(v1.ServiceTypeLoadBalancer), clusterIP("10.96.0.12"),
 					svcPorts(svcPort("http", 80, 0, v1.ProtocolTCP)),
 					lbIngress(v1.LoadBalancerIngress{IP: "203.0.113.11"}),
@@ -146,7 +146,7 @@ default/lb:http mode=dsr ranges=[10.0.0.0/8 203.0.113.0/24]
 					func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24"} }),
 			},
 			want: `
-default/annotated:http mode=dsr ranges=[192.0.2.0/24 198.51.100.0/24]
+default/annotated:http mode=dsr
   fe 10.96.0.11:80/TCP internal ClusterIP
   fe 203.0.113.10:80/TCP external LoadBalancer
 default/open:http mode=dsr
