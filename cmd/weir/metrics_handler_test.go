@@ -56,6 +56,8 @@ func TestMetricsHandler(t *testing.T) {
 	}{
 		{"text", "text/plain;version=0.0.4", false},
 		{"text-gzip", "text/plain;version=0.0.4", true},
+		// What Prometheus 3 sends by default.
+		{"prometheus", "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2", true},
 		{"protobuf", "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
