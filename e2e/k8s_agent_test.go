@@ -170,14 +170,7 @@ func TestK8sAgent(t *testing.T) {
 
 	// Deletes: every frontend of the service goes.
 	k.deleteService("e2e", "web")
-	k.waitInspect(func(m map[string]serviceView) error {
-		for fe, v := range m {
-			if v.Service == "e2e/web" {
-				return fmt.Errorf("frontend %s of the deleted e2e/web is still programmed", fe)
-			}
-		}
-		return nil
-	})
+	k.waitUnprogrammed("e2e", "web")
 }
 
 func joinErrs(errs []error) error {

@@ -148,6 +148,21 @@ func (k *k8sLab) deleteService(ns, name string) {
 	}
 }
 
+// waitUnprogrammed waits until no frontend of service ns/name is left in
+// `weir inspect services`.
+func (k *k8sLab) waitUnprogrammed(ns, name string) {
+	k.t.Helper()
+	svc := ns + "/" + name
+	k.waitInspect(func(m map[string]serviceView) error {
+		for fe, v := range m {
+			if v.Service == svc {
+				return fmt.Errorf("frontend %s of the deleted %s is still programmed", fe, svc)
+			}
+		}
+		return nil
+	})
+}
+
 // applySlice creates the slice or replaces an existing one of that name.
 func (k *k8sLab) applySlice(s *discoveryv1.EndpointSlice) {
 	k.t.Helper()
@@ -238,18 +253,25 @@ func wantFrontend(m map[string]serviceView, fe, service, typ, scope string, back
 	return nil
 }
 
+// runInCgroup runs a command in the node's namespace inside the test
+// cgroup, so the agent's socket hooks apply to it, and returns what run
+// (Output or CombinedOutput) returns.
+func (k *k8sLab) runInCgroup(run func(*exec.Cmd) ([]byte, error), name string, args ...string) ([]byte, error) {
+	cg, err := os.Open(k.cgroup)
+	if err != nil {
+		return nil, err
+	}
+	defer cg.Close()
+	cmd := k.lb.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	return run(cmd)
+}
+
 // curlInCgroup runs curl in the node's namespace inside the test cgroup
 // (so the agent's socket hooks apply to it) and returns the first line of
 // the body: the backend's name.
 func (k *k8sLab) curlInCgroup(addr netip.AddrPort) (string, error) {
-	cg, err := os.Open(k.cgroup)
-	if err != nil {
-		return "", err
-	}
-	defer cg.Close()
-	cmd := k.lb.Command("curl", "-sS", "--max-time", "5", "http://"+addr.String()+"/")
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.Output()
+	out, err := k.runInCgroup((*exec.Cmd).Output, "curl", "-sS", "--max-time", "5", "http://"+addr.String()+"/")
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -280,16 +302,9 @@ func (k *k8sLab) spreadInCgroup(t *testing.T, addr netip.AddrPort, n int) map[st
 // namespace inside the test cgroup and closes it; the error carries the
 // errno's text ("Connection refused"), which curl does not print.
 func (k *k8sLab) connectInCgroup(addr netip.AddrPort) error {
-	cg, err := os.Open(k.cgroup)
-	if err != nil {
-		return err
-	}
-	defer cg.Close()
 	// bash's /dev/tcp does a plain connect(2) and reports its errno.
-	cmd := k.lb.Command("timeout", "5", "bash", "-c",
-		fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", addr.Addr(), addr.Port()))
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := k.runInCgroup((*exec.Cmd).CombinedOutput, "timeout", "5", "bash", "-c",
+		fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", addr.Addr(), addr.Port())); err != nil {
 		return fmt.Errorf("connect %s in cgroup %s: %v: %s", addr, k.cgroup, err, strings.TrimSpace(string(out)))
 	}
 	return nil
@@ -299,18 +314,11 @@ func (k *k8sLab) connectInCgroup(addr netip.AddrPort) error {
 // socket in the node's namespace inside the test cgroup and returns the
 // answer, the demo backend's name.
 func (k *k8sLab) udpInCgroup(addr netip.AddrPort) (string, error) {
-	cg, err := os.Open(k.cgroup)
-	if err != nil {
-		return "", err
-	}
-	defer cg.Close()
 	// bash's /dev/udp connects the socket (the connect hook picks the
 	// backend) and reads the answer through the same socket; read waits
 	// for 64 bytes or its 2 s timeout and keeps what came.
-	cmd := k.lb.Command("timeout", "5", "bash", "-c",
+	out, err := k.runInCgroup((*exec.Cmd).CombinedOutput, "timeout", "5", "bash", "-c",
 		fmt.Sprintf("exec 3<>/dev/udp/%s/%d && printf who >&3 && IFS= read -r -t 2 -N 64 ans <&3; printf %%s \"$ans\"", addr.Addr(), addr.Port()))
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.CombinedOutput()
 	if err != nil || len(out) == 0 {
 		return "", fmt.Errorf("UDP to %s in cgroup %s: %v: %q", addr, k.cgroup, err, out)
 	}
