@@ -23,6 +23,16 @@ func newReconciler(tb testing.TB, dp lb.Datapath) *lb.Reconciler {
 	return r
 }
 
+// faultyReconciler is a reconciler over a fake that checks every write,
+// through a Faulty that injects the test's failures.
+func faultyReconciler(tb testing.TB) (*lbtest.Fake, *lbtest.Faulty, *lb.Reconciler) {
+	tb.Helper()
+	fake := lbtest.NewFake()
+	fake.CheckEveryWrite(true)
+	faulty := lbtest.NewFaulty(fake)
+	return fake, faulty, newReconciler(tb, faulty)
+}
+
 // mustSync runs a Sync that must succeed.
 func mustSync(tb testing.TB, r *lb.Reconciler) lb.SyncResult {
 	tb.Helper()

@@ -21,10 +21,7 @@ const batchRound = 300
 // refuses fails only its service, with an error naming the backend, and
 // every other service is programmed in the same Sync.
 func TestBatchFallbackNamesFailingObject(t *testing.T) {
-	fake := lbtest.NewFake()
-	fake.CheckEveryWrite(true)
-	faulty := lbtest.NewFaulty(fake)
-	r := newReconciler(t, faulty)
+	fake, faulty, r := faultyReconciler(t)
 	all := genServices(batchRound, 2)
 	// Services go in name order: svc-99 is last, its backends in the
 	// part of the batch that fails.
@@ -83,10 +80,7 @@ func TestBatchFallbackNamesFailingObject(t *testing.T) {
 // TestBatchFailureConverges: failed batches of every kind are completed
 // one by one within the Sync, which then succeeds.
 func TestBatchFailureConverges(t *testing.T) {
-	fake := lbtest.NewFake()
-	fake.CheckEveryWrite(true)
-	faulty := lbtest.NewFaulty(fake)
-	r := newReconciler(t, faulty)
+	fake, faulty, r := faultyReconciler(t)
 	all := genServices(batchRound, 2)
 	for _, m := range []string{lbtest.UpsertBackends, lbtest.UpsertFrontends, lbtest.UpsertServices} {
 		faulty.FailMethod(m, 0)

@@ -45,9 +45,15 @@ func newSvcState(name ServiceName, frontends int) *svcState {
 	}
 }
 
+// frontendAt finds id in the sorted frontends: its index, or where it
+// would go.
+func (s *svcState) frontendAt(id frontendIdent) (int, bool) {
+	return slices.BinarySearchFunc(s.frontends, id, func(f svcFrontend, id frontendIdent) int { return compareIdent(f.ident, id) })
+}
+
 // frontend returns the service's frontend id; nil when it has none.
 func (s *svcState) frontend(id frontendIdent) *frontendState {
-	i, ok := slices.BinarySearchFunc(s.frontends, id, func(f svcFrontend, id frontendIdent) int { return compareIdent(f.ident, id) })
+	i, ok := s.frontendAt(id)
 	if !ok {
 		return nil
 	}
@@ -56,13 +62,18 @@ func (s *svcState) frontend(id frontendIdent) *frontendState {
 
 // addFrontend adds a frontend the service doesn't have.
 func (s *svcState) addFrontend(id frontendIdent, fs frontendState) {
-	i, _ := slices.BinarySearchFunc(s.frontends, id, func(f svcFrontend, id frontendIdent) int { return compareIdent(f.ident, id) })
+	i, _ := s.frontendAt(id)
 	s.frontends = slices.Insert(s.frontends, i, svcFrontend{id, fs})
+}
+
+// keyAt finds k in the sorted keys: its index, or where it would go.
+func (s *svcState) keyAt(k ServiceKey) (int, bool) {
+	return slices.BinarySearchFunc(s.keys, k, func(e svcKey, k ServiceKey) int { return compareServiceKey(e.k, k) })
 }
 
 // key returns the state of the service's key k; nil when it has none.
 func (s *svcState) key(k ServiceKey) *keyState {
-	i, ok := slices.BinarySearchFunc(s.keys, k, func(e svcKey, k ServiceKey) int { return compareServiceKey(e.k, k) })
+	i, ok := s.keyAt(k)
 	if !ok {
 		return nil
 	}
@@ -71,8 +82,7 @@ func (s *svcState) key(k ServiceKey) *keyState {
 
 // addKey adds k unless the service has it.
 func (s *svcState) addKey(k ServiceKey, ks keyState) {
-	i, ok := slices.BinarySearchFunc(s.keys, k, func(e svcKey, k ServiceKey) int { return compareServiceKey(e.k, k) })
-	if !ok {
+	if i, ok := s.keyAt(k); !ok {
 		s.keys = slices.Insert(s.keys, i, svcKey{k, ks})
 	}
 }

@@ -86,10 +86,7 @@ func TestTableGenerationsAlternate(t *testing.T) {
 // live one, so that the new table again goes into a generation no key
 // uses; while that move fails, no table is written at all.
 func TestTableSwitchFailedHalfway(t *testing.T) {
-	fake := lbtest.NewFake()
-	fake.CheckEveryWrite(true)
-	faulty := lbtest.NewFaulty(fake)
-	r := newReconciler(t, faulty)
+	fake, faulty, r := faultyReconciler(t)
 	r.Upsert(twoKeys("10.0.0.1", "10.0.0.2"))
 	mustSync(t, r)
 
@@ -136,10 +133,7 @@ func TestTableSwitchFailedHalfway(t *testing.T) {
 // switch) takes the first key's generation as the live one and moves the
 // other key to it.
 func TestRestartAfterSwitchFailedHalfway(t *testing.T) {
-	fake := lbtest.NewFake()
-	fake.CheckEveryWrite(true)
-	faulty := lbtest.NewFaulty(fake)
-	r := newReconciler(t, faulty)
+	fake, faulty, r := faultyReconciler(t)
 	r.Upsert(twoKeys("10.0.0.1", "10.0.0.2"))
 	mustSync(t, r)
 	faulty.FailWhen(func(c lbtest.Call) bool { return c.Method == lbtest.UpsertService && c.Args[0] == secondKey })
