@@ -272,12 +272,14 @@ func (s *statsSnapshot) labelBackends() {
 }
 
 // readBackendCounters reads every backend's counters, labelled by an
-// index in the returned names. Backends of service IDs that share a name
+// index in the returned names; a map it can't read goes into errs. Backends of service IDs that share a name
 // and scope (the halves of a dual-stack service) and an address add up:
 // sorted, they are neighbours.
-func readBackendCounters(m *bpf.Maps, names map[uint32]serviceName, hint int, errs map[string]error) ([]serviceName, []backendCounter, error) {
+func readBackendCounters(m *bpf.Maps, names map[uint32]serviceName, hint int, errs map[string]error) ([]serviceName, []backendCounter) {
+	// The empty name sorts first: index 0 labels a backend whose service
+	// has no frontend, as index's zero values do.
 	uniq := make([]serviceName, 0, len(names)+1)
-	uniq = append(uniq, serviceName{}) // a backend whose service has no frontend
+	uniq = append(uniq, serviceName{})
 	var maxSID uint32
 	for id, n := range names {
 		uniq = append(uniq, n)
@@ -288,28 +290,26 @@ func readBackendCounters(m *bpf.Maps, names map[uint32]serviceName, hint int, er
 	}
 	slices.SortFunc(uniq, cmpNames)
 	uniq = slices.Compact(uniq)
-	index := make([]uint32, maxSID+1) // by service ID; 0 is the unnamed entry
+	index := make([]uint32, maxSID+1) // by service ID
 	for id, n := range names {
 		i, _ := slices.BinarySearchFunc(uniq, n, cmpNames)
 		index[id] = uint32(i)
 	}
-	unnamed, _ := slices.BinarySearchFunc(uniq, serviceName{}, cmpNames)
 
 	// A backend's ID waits in packets until its counters are read.
 	out := make([]backendCounter, 0, hint)
 	var maxBID uint32
 	err := batchWalk(m.Backends, func(id *uint32, bv *bpf.BackendValue) {
-		n := uint32(unnamed)
+		var n uint32
 		if int(bv.ServiceID) < len(index) {
-			if _, ok := names[bv.ServiceID]; ok {
-				n = index[bv.ServiceID]
-			}
+			n = index[bv.ServiceID]
 		}
 		out = append(out, backendCounter{name: n, addr: bv.Addr, port: bv.Port.Host(), packets: uint64(*id)})
 		maxBID = max(maxBID, *id)
 	})
 	if err != nil {
-		return uniq, nil, fmt.Errorf("read map weir_backends: %w", err)
+		errs["weir_backends"] = fmt.Errorf("read map weir_backends: %w", err)
+		return uniq, nil
 	}
 	stats, err := sumStatsUpTo(m.BackendStats, maxBID)
 	if err != nil {
@@ -335,7 +335,7 @@ func readBackendCounters(m *bpf.Maps, names map[uint32]serviceName, hint int, er
 		}
 		merged = append(merged, c)
 	}
-	return uniq, merged, nil
+	return uniq, merged
 }
 
 type serviceStats struct {
@@ -429,10 +429,7 @@ func readStatsAndNames(m *bpf.Maps, backendsHint int) (*statsSnapshot, map[uint3
 		snap.Services = append(snap.Services, *s)
 	}
 
-	snap.backendNames, snap.backends, err = readBackendCounters(m, names, backendsHint, errs)
-	if err != nil {
-		errs["weir_backends"] = err
-	}
+	snap.backendNames, snap.backends = readBackendCounters(m, names, backendsHint, errs)
 
 	for _, r := range bpf.Reasons() {
 		if r == bpf.ReasonNone {

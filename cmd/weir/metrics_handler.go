@@ -63,10 +63,9 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "gathering metrics: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	// As promhttp with its default ContinueOnError-free options would not:
-	// what was gathered is served even when a collector failed; the
-	// map collector says which map it couldn't read in
-	// weir_map_read_errors.
+	// Unlike promhttp's default (a 500), what was gathered is served when
+	// a collector failed: weir_map_read_errors names the map that
+	// couldn't be read.
 	format := expfmt.Negotiate(r.Header)
 	w.Header().Set("Content-Type", string(format))
 	var out io.Writer = w
@@ -97,15 +96,6 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	for _, f := range backendFamilies() {
-		if text {
-			if err := f.writeText(bw, snap); err != nil {
-				return
-			}
-		} else if err := enc.Encode(f.message(snap)); err != nil {
-			return
-		}
-	}
 }
 
 func acceptsGzip(h http.Header) bool {
@@ -118,89 +108,71 @@ func acceptsGzip(h http.Header) bool {
 	return false
 }
 
-// counterFamily is a family of counters over the rows of a snapshot:
-// series appends row i's label values (in the order of labels, sorted
-// by name) to values and returns them and the row's value.
+// counterFamily is a family of counters over the rows of a snapshot.
+// label appends row i's value of labels[j] (sorted by name) to b, its
+// strings through str (which escapes them for the text format); value
+// is row i's count. Labels are appended rather than returned so that a
+// backend's address is formatted into the line, not held as one of 100k
+// strings.
 type counterFamily struct {
 	name, help string
 	labels     []string
 	rows       int
-	series     func(i int, values []string) ([]string, uint64)
+	label      func(b []byte, i, j int, str func([]byte, string) []byte) []byte
+	value      func(i int) uint64
 }
 
 // counterFamilies are the four families the map collector leaves to
 // metricsHandler.
 func counterFamilies(s *statsSnapshot) []counterFamily {
-	svc := func(v func(*serviceStats) uint64) func(int, []string) ([]string, uint64) {
-		return func(i int, vals []string) ([]string, uint64) {
-			st := &s.Services[i]
-			return append(vals, st.Scope, st.Service), v(st)
+	svcLabel := func(b []byte, i, j int, str func([]byte, string) []byte) []byte {
+		if j == 0 {
+			return str(b, s.Services[i].Scope)
 		}
+		return str(b, s.Services[i].Service)
 	}
-	svcLabels := []string{"scope", "service"}
+	beLabel := func(b []byte, i, j int, str func([]byte, string) []byte) []byte {
+		c := &s.backends[i]
+		switch j {
+		case 0:
+			return c.addrPort().AppendTo(b) // nothing to escape
+		case 1:
+			return str(b, s.backendNames[c.name].Scope)
+		}
+		return str(b, s.backendNames[c.name].Name)
+	}
+	svcLabels, beLabels := []string{"scope", "service"}, []string{"backend", "scope", "service"}
 	return []counterFamily{
-		{svcBytesName, svcBytesHelp, svcLabels, len(s.Services), svc(func(st *serviceStats) uint64 { return st.Bytes })},
-		{svcPacketsName, svcPacketsHelp, svcLabels, len(s.Services), svc(func(st *serviceStats) uint64 { return st.Packets })},
+		{svcBytesName, svcBytesHelp, svcLabels, len(s.Services), svcLabel, func(i int) uint64 { return s.Services[i].Bytes }},
+		{svcPacketsName, svcPacketsHelp, svcLabels, len(s.Services), svcLabel, func(i int) uint64 { return s.Services[i].Packets }},
+		{beBytesName, beBytesHelp, beLabels, len(s.backends), beLabel, func(i int) uint64 { return s.backends[i].bytes }},
+		{bePacketsName, bePacketsHelp, beLabels, len(s.backends), beLabel, func(i int) uint64 { return s.backends[i].packets }},
 	}
-}
-
-// backendFamily is a per-backend family: it formats each backend's
-// address as it writes it rather than holding 100k strings.
-type backendFamily struct {
-	name, help string
-	value      func(*backendCounter) uint64
-}
-
-func backendFamilies() []backendFamily {
-	return []backendFamily{
-		{beBytesName, beBytesHelp, func(c *backendCounter) uint64 { return c.bytes }},
-		{bePacketsName, bePacketsHelp, func(c *backendCounter) uint64 { return c.packets }},
-	}
-}
-
-func writeFamilyHeader(w *bufio.Writer, name, help string) error {
-	_, err := fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n", name, escapeHelp(help), name)
-	return err
 }
 
 // writeText writes the family in the text exposition format, as expfmt
 // would.
 func (f counterFamily) writeText(w *bufio.Writer) error {
-	if err := writeFamilyHeader(w, f.name, f.help); err != nil {
+	if _, err := fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n", f.name, escapeHelp(f.help), f.name); err != nil {
 		return err
 	}
 	var line []byte
-	vals := make([]string, 0, len(f.labels))
 	for i := range f.rows {
-		var v uint64
-		vals, v = f.series(i, vals[:0])
 		line = append(line[:0], f.name...)
 		for j, l := range f.labels {
-			line = appendLabel(line, j == 0, l, vals[j])
+			if j == 0 {
+				line = append(line, '{')
+			} else {
+				line = append(line, ',')
+			}
+			line = append(line, l...)
+			line = append(line, `="`...)
+			line = f.label(line, i, j, appendLabelValue)
+			line = append(line, '"')
 		}
-		line = appendValue(line, v)
-		if _, err := w.Write(line); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (f backendFamily) writeText(w *bufio.Writer, s *statsSnapshot) error {
-	if err := writeFamilyHeader(w, f.name, f.help); err != nil {
-		return err
-	}
-	var line []byte
-	for i := range s.backends {
-		c := &s.backends[i]
-		n := s.backendNames[c.name]
-		line = append(line[:0], f.name...)
-		line = append(line, `{backend="`...)
-		line = c.addrPort().AppendTo(line) // nothing to escape
-		line = append(line, '"')
-		line = appendLabel(line, false, "scope", n.Scope)
-		line = appendLabel(line, false, "service", n.Name)
-		line = appendValue(line, f.value(c))
+		line = append(line, "} "...)
+		line = strconv.AppendUint(line, f.value(i), 10)
+		line = append(line, '\n')
 		if _, err := w.Write(line); err != nil {
 			return err
 		}
@@ -209,53 +181,15 @@ func (f backendFamily) writeText(w *bufio.Writer, s *statsSnapshot) error {
 }
 
 // message builds the family as a protobuf message, for clients that
-// negotiated a format other than text.
-func (f backendFamily) message(s *statsSnapshot) *dto.MetricFamily {
-	mf := &dto.MetricFamily{Name: proto.String(f.name), Help: proto.String(f.help), Type: dto.MetricType_COUNTER.Enum(),
-		Metric: make([]*dto.Metric, len(s.backends))}
-	for i := range s.backends {
-		c := &s.backends[i]
-		n := s.backendNames[c.name]
-		mf.Metric[i] = &dto.Metric{
-			Label: []*dto.LabelPair{
-				{Name: proto.String("backend"), Value: proto.String(c.addrPort().String())},
-				{Name: proto.String("scope"), Value: proto.String(n.Scope)},
-				{Name: proto.String("service"), Value: proto.String(n.Name)},
-			},
-			Counter: &dto.Counter{Value: proto.Float64(float64(f.value(c)))},
-		}
-	}
-	return mf
-}
-
-func appendLabel(line []byte, first bool, name, value string) []byte {
-	if first {
-		line = append(line, '{')
-	} else {
-		line = append(line, ',')
-	}
-	line = append(line, name...)
-	line = append(line, `="`...)
-	line = appendLabelValue(line, value)
-	return append(line, '"')
-}
-
-func appendValue(line []byte, v uint64) []byte {
-	line = append(line, "} "...)
-	line = strconv.AppendUint(line, v, 10)
-	return append(line, '\n')
-}
-
-// message builds the family as a protobuf message, for clients that
-// negotiated a format other than text.
+// negotiated a format other than text (which alone escapes label
+// values).
 func (f counterFamily) message() *dto.MetricFamily {
 	mf := &dto.MetricFamily{Name: proto.String(f.name), Help: proto.String(f.help), Type: dto.MetricType_COUNTER.Enum(),
 		Metric: make([]*dto.Metric, f.rows)}
 	for i := range f.rows {
-		vals, v := f.series(i, nil)
-		m := &dto.Metric{Counter: &dto.Counter{Value: proto.Float64(float64(v))}}
+		m := &dto.Metric{Counter: &dto.Counter{Value: proto.Float64(float64(f.value(i)))}}
 		for j, l := range f.labels {
-			m.Label = append(m.Label, &dto.LabelPair{Name: proto.String(l), Value: proto.String(vals[j])})
+			m.Label = append(m.Label, &dto.LabelPair{Name: proto.String(l), Value: proto.String(string(f.label(nil, i, j, appendRaw)))})
 		}
 		mf.Metric[i] = m
 	}
@@ -281,6 +215,8 @@ func appendLabelValue(b []byte, v string) []byte {
 	}
 	return b
 }
+
+func appendRaw(b []byte, v string) []byte { return append(b, v...) }
 
 func escapeHelp(s string) string {
 	return strings.NewReplacer(`\`, `\\`, "\n", `\n`).Replace(s)
