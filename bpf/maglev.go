@@ -139,9 +139,10 @@ func growFDTable(fd, n int) {
 	}
 }
 
-// liveSnapshotMin is the batch size from which UpsertMaglevs reads which
-// tables exist in a few batch lookups up front, instead of one lookup per
-// table (for the new tables of a start, a lookup that finds nothing).
+// liveSnapshotMin is the batch size from which UpsertMaglevs and
+// DeleteMaglevs read which tables exist in a few batch lookups up front,
+// instead of one lookup per table (for the new tables of a start, a
+// lookup that finds nothing).
 const liveSnapshotMin = 256
 
 // liveTables returns the inner map ID of every table in weir_maglev; nil
@@ -272,9 +273,19 @@ func (d *Datapath) DeleteMaglev(id lb.TableID) error {
 // are skipped: a kernel batch delete stops at the first missing key.
 func (d *Datapath) DeleteMaglevs(ids []lb.TableID) error {
 	keys := make([]uint32, 0, len(ids))
+	var live map[uint32]uint32
+	if len(ids) >= liveSnapshotMin {
+		live = d.liveTables()
+	}
 	var inner uint32
 	for _, id := range ids {
 		key := uint32(id)
+		if live != nil {
+			if _, ok := live[key]; ok {
+				keys = append(keys, key)
+			}
+			continue
+		}
 		err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&inner))
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			continue
