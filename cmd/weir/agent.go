@@ -118,22 +118,24 @@ func newLogger(level string) (*slog.Logger, error) {
 // agent is a running Weir node: maps, programs, the reconciler and its
 // sources.
 type agent struct {
-	settled bool // the first full programming is done (settleRuntime)
-	opts    agentOptions
-	log     *slog.Logger
-	maps    *bpf.Maps
-	rec     *lb.Reconciler
-	runner  *lb.Runner
-	xdp     *xdp.Program
-	sock    *sockmap.Program
-	health  *health.Checker
-	status  *agentStatus
-	neigh   *neighbors // nil without XDP devices
+	opts   agentOptions
+	log    *slog.Logger
+	maps   *bpf.Maps
+	rec    *lb.Reconciler
+	runner *lb.Runner
+	xdp    *xdp.Program
+	sock   *sockmap.Program
+	health *health.Checker
+	status *agentStatus
+	neigh  *neighbors // nil without XDP devices
 	// sourceReady: the service source delivered its first full state.
 	sourceReady atomic.Bool
 	// neighSynced: the next hops were resolved at least once (only the
 	// runner's goroutine touches it).
 	neighSynced bool
+	// settled: the first complete programming is done and the runtime
+	// settled (settleRuntime; the runner's goroutine only).
+	settled bool
 
 	mu      sync.Mutex
 	desired []*lb.Service // from the source, before health overrides
