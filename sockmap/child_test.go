@@ -222,7 +222,7 @@ func connectSock(req request) (int, result) {
 		return -1, errResult("address", err)
 	}
 	if req.Then != "" {
-		if err := unix.Connect(fd, sa); err != nil {
+		if err := connect(fd, sa); err != nil {
 			unix.Close(fd)
 			return -1, errResult("first connect", err)
 		}
@@ -242,7 +242,7 @@ func connectSock(req request) (int, result) {
 		}
 	}
 	start := time.Now()
-	err = unix.Connect(fd, sa)
+	err = connect(fd, sa)
 	res := result{Nanos: time.Since(start).Nanoseconds()}
 	if err != nil {
 		unix.Close(fd)
@@ -251,6 +251,32 @@ func connectSock(req request) (int, result) {
 		return -1, r
 	}
 	return fd, res
+}
+
+// connect is a blocking connect(2) that a signal can't cut short. The Go
+// runtime preempts goroutines with signals, and a connect interrupted
+// while its handshake is under way returns EINTR with the handshake going
+// on: wait for it as Go's net package does, then read its outcome.
+func connect(fd int, sa unix.Sockaddr) error {
+	err := unix.Connect(fd, sa)
+	if err != unix.EINTR {
+		return err
+	}
+	for {
+		_, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, -1)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			return err
+		}
+	}
+	if errno, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil {
+		return err
+	} else if errno != 0 {
+		return unix.Errno(errno)
+	}
+	return nil
 }
 
 // disconnect dissolves a socket's association (connect with AF_UNSPEC),
@@ -400,7 +426,7 @@ func benchConnects(req request, n int) reply {
 			return reply{Errors: 1, FirstErr: err.Error()}
 		}
 		start := time.Now()
-		err = unix.Connect(fd, sa)
+		err = connect(fd, sa)
 		if err == nil && req.PeerName {
 			_, err = unix.Getpeername(fd)
 		}
