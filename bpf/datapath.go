@@ -17,11 +17,9 @@ import (
 // concurrent use.
 type Datapath struct {
 	maps *Maps
-	// inner is the template of a Maglev table. Its BTF is dropped: with
-	// it, every table would load its own copy of the types into the kernel.
-	inner *ebpf.MapSpec
-	// chunk is how many tables UpsertMaglevs swaps in at once.
-	chunk int
+	// slabSpec is the template of the Maglev slab. Its BTF is dropped: with
+	// it, every slab would load its own copy of the types into the kernel.
+	slabSpec *ebpf.MapSpec
 
 	// mu guards the scratch keys and values below. Handing the kernel
 	// pointers into them (as unsafe.Pointer, which cilium/ebpf passes
@@ -34,10 +32,6 @@ type Datapath struct {
 	frontend FrontendValue
 	srKey    SourceRangeKey
 	one      uint8
-	// slots is 0, 1, 2, ...: the keys of a Maglev table fill. It is only
-	// ever replaced by a longer copy, never written in place, so callers
-	// may keep using a slice of it after unlocking.
-	slots []uint32
 }
 
 var (
@@ -49,36 +43,11 @@ var (
 // NewDatapath returns the Datapath writing to m. It doesn't own m: the
 // caller closes m after its last use of the Datapath.
 func NewDatapath(m *Maps) *Datapath {
-	inner := m.MaglevInner.Copy()
-	inner.Key, inner.Value = nil, nil
-	inner.Pinning = ebpf.PinNone
-	inner.Name = "weir_maglev_tbl"
-	if flags, ok := liveTableFlags(m.Maglev); ok {
-		inner.Flags = flags
-	}
-	return &Datapath{maps: m, inner: inner, chunk: maglevChunkSize(), one: 1}
-}
-
-// liveTableFlags returns the flags of a table already in the outer map. The
-// kernel accepts only inner maps whose flags equal those of the template
-// the outer map was created with, which userspace can't read; pins made by
-// an older agent may have another template than this object, so new
-// tables copy a live one.
-func liveTableFlags(outer *ebpf.Map) (uint32, bool) {
-	var key, id uint32
-	if !outer.Iterate().Next(unsafe.Pointer(&key), unsafe.Pointer(&id)) {
-		return 0, false
-	}
-	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
-	if err != nil {
-		return 0, false
-	}
-	defer inner.Close()
-	info, err := inner.Info()
-	if err != nil {
-		return 0, false
-	}
-	return info.Flags, true
+	slab := m.MaglevInner.Copy()
+	slab.Key, slab.Value = nil, nil
+	slab.Pinning = ebpf.PinNone
+	slab.Name = "weir_maglev_slab"
+	return &Datapath{maps: m, slabSpec: slab, one: 1}
 }
 
 // UpsertBackend writes a backend.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 
@@ -132,59 +131,5 @@ func TestDatapathBatchInvalidEntry(t *testing.T) {
 	}
 	if got := len(mustDump(t, d).Backends); got != batchChunk {
 		t.Errorf("%d backends in the map, want %d", got, batchChunk)
-	}
-}
-
-// TestDatapathMaglevLargeBatch: a batch large enough to read the live
-// tables up front rewrites existing tables of the same size in place
-// (their inner maps stay), swaps in the others, and reads back as written.
-func TestDatapathMaglevLargeBatch(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	d, _ := mustDatapath(t, smallSizes)
-	const n = liveSnapshotMin + 44
-	table := func(id lb.TableID, salt, size int) []lb.BackendID {
-		t := make([]lb.BackendID, size)
-		for i := range t {
-			t[i] = lb.BackendID(1 + (int(id)+i+salt)%7)
-		}
-		return t
-	}
-	first := map[lb.TableID][]lb.BackendID{}
-	for i := range n {
-		id := lb.ServiceID(i + 1).Table(0)
-		first[id] = table(id, 0, 251)
-	}
-	if err := d.UpsertMaglevs(first); err != nil {
-		t.Fatal(err)
-	}
-	live := d.liveTables()
-	if len(live) != n {
-		t.Fatalf("liveTables read %d tables, want %d", len(live), n)
-	}
-	second := map[lb.TableID][]lb.BackendID{}
-	for id := range first {
-		size := 251
-		if id.Service()%10 == 0 {
-			size = 509 // resized: swapped in
-		}
-		second[id] = table(id, 1, size)
-	}
-	for i := range 20 { // new
-		id := lb.ServiceID(n + i + 1).Table(1)
-		second[id] = table(id, 1, 251)
-	}
-	if err := d.UpsertMaglevs(second); err != nil {
-		t.Fatal(err)
-	}
-	after := d.liveTables()
-	for id, tb := range second {
-		old, existed := live[uint32(id)]
-		inPlace := existed && len(tb) == 251
-		if got := after[uint32(id)]; (got == old) != inPlace {
-			t.Errorf("table %s: inner map %d before, %d after; want rewritten in place: %v", id, old, got, inPlace)
-		}
-	}
-	if got := mustDump(t, d).Maglev; !maps.EqualFunc(got, second, slices.Equal) {
-		t.Errorf("dumped %d tables, want the %d written (or they differ)", len(got), len(second))
 	}
 }

@@ -10,9 +10,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
-
 	"github.com/weir-lb/weir/internal/testutil"
 	"github.com/weir-lb/weir/lb"
 )
@@ -158,14 +155,17 @@ func TestDatapathDeletes(t *testing.T) {
 	deleteAll() // and again
 }
 
-// innerMapID returns the ID of the inner map holding a table.
-func innerMapID(tb testing.TB, d *Datapath, id lb.TableID) ebpf.MapID {
+// tableAt returns where the index says a table is.
+func tableAt(tb testing.TB, d *Datapath, id lb.TableID) tableLoc {
 	tb.Helper()
-	key, inner := uint32(id), uint32(0)
-	if err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&inner)); err != nil {
+	key, word := uint32(id), uint64(0)
+	if err := d.maps.MaglevIndex.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&word)); err != nil {
 		tb.Fatalf("maglev table %s: %v", id, err)
 	}
-	return ebpf.MapID(inner)
+	if word == 0 {
+		tb.Fatalf("maglev table %s: not in the index", id)
+	}
+	return locOf(word)
 }
 
 func TestDatapathMaglevSwap(t *testing.T) {
@@ -175,36 +175,28 @@ func TestDatapathMaglevSwap(t *testing.T) {
 	if err := d.UpsertMaglev(id, first); err != nil {
 		t.Fatal(err)
 	}
-	oldID := innerMapID(t, d, id)
+	old := tableAt(t, d, id)
 	second := []lb.BackendID{4, 4, 5, 5, 4, 5, 4, 5, 4, 5, 4}
 	if err := d.UpsertMaglev(id, second); err != nil {
 		t.Fatal(err)
 	}
-	if newID := innerMapID(t, d, id); newID == oldID {
-		t.Errorf("a table of another size is in the same inner map %d: not swapped", newID)
+	if loc := tableAt(t, d, id); loc.off == old.off || loc.size != 11 {
+		t.Errorf("a table of another size is at %+v, was %+v: want a new run of 11 slots", loc, old)
 	}
 	if got := mustDump(t, d).Maglev[id]; !reflect.DeepEqual(got, second) {
 		t.Errorf("table after swap = %v, want %v", got, second)
 	}
-	// The outer map held the only reference to the old table.
-	if old, err := ebpf.NewMapFromID(oldID); err == nil {
-		info, _ := old.Info()
-		old.Close()
-		if info != nil && info.Name == "weir_maglev_tbl" {
-			t.Errorf("old table (inner map %d) is still alive after the swap: leaked file descriptor?", oldID)
-		}
-	}
 }
 
 // A table written over one of the same size is rewritten in place: the
-// same inner map, no write to the outer map.
+// same run, no write to the index.
 func TestDatapathMaglevInPlace(t *testing.T) {
 	d, _ := mustDatapath(t, smallSizes)
 	id := lb.ServiceID(3).Table(0)
 	if err := d.UpsertMaglev(id, []lb.BackendID{1, 2, 3, 1, 2}); err != nil {
 		t.Fatal(err)
 	}
-	inner := innerMapID(t, d, id)
+	at := tableAt(t, d, id)
 	for _, write := range []func(lb.TableID, []lb.BackendID) error{
 		d.UpsertMaglev,
 		func(id lb.TableID, t []lb.BackendID) error {
@@ -215,8 +207,8 @@ func TestDatapathMaglevInPlace(t *testing.T) {
 		if err := write(id, want); err != nil {
 			t.Fatal(err)
 		}
-		if got := innerMapID(t, d, id); got != inner {
-			t.Errorf("a table of the same size moved from inner map %d to %d: swapped, not rewritten", inner, got)
+		if got := tableAt(t, d, id); got != at {
+			t.Errorf("a table of the same size moved from %+v to %+v: not rewritten in place", at, got)
 		}
 		if got := mustDump(t, d).Maglev[id]; !reflect.DeepEqual(got, want) {
 			t.Errorf("table after the rewrite = %v, want %v", got, want)
@@ -227,7 +219,6 @@ func TestDatapathMaglevInPlace(t *testing.T) {
 
 func TestDatapathMaglevBatch(t *testing.T) {
 	d, _ := mustDatapath(t, smallSizes)
-	d.chunk = 50 // 12 chunks: more than the workers
 	tables := map[lb.TableID][]lb.BackendID{}
 	for id := lb.TableID(2); id < 602; id++ {
 		tables[id] = []lb.BackendID{lb.BackendID(id), lb.BackendID(id) + 1, lb.BackendID(id)}
@@ -238,16 +229,16 @@ func TestDatapathMaglevBatch(t *testing.T) {
 	if got := mustDump(t, d).Maglev; !reflect.DeepEqual(got, tables) {
 		t.Errorf("dumped %d tables, want the %d written", len(got), len(tables))
 	}
-	oldID, keptID := innerMapID(t, d, 2), innerMapID(t, d, 3)
+	oldAt, keptAt := tableAt(t, d, 2), tableAt(t, d, 3)
 	tables[2] = []lb.BackendID{7, 7, 7, 7, 7}
 	tables[3] = []lb.BackendID{8, 8, 8}
 	if err := d.UpsertMaglevs(map[lb.TableID][]lb.BackendID{2: tables[2], 3: tables[3]}); err != nil {
 		t.Fatal(err)
 	}
-	if innerMapID(t, d, 2) == oldID {
-		t.Error("batch upsert of a resized table did not swap in a new inner map")
+	if tableAt(t, d, 2).off == oldAt.off {
+		t.Error("batch upsert of a resized table did not move it to a new run")
 	}
-	if innerMapID(t, d, 3) != keptID {
+	if tableAt(t, d, 3) != keptAt {
 		t.Error("batch upsert of a table of the same size did not rewrite it in place")
 	}
 	if err := d.UpsertMaglevs(map[lb.TableID][]lb.BackendID{4: {1}, 5: nil}); err == nil {
@@ -298,8 +289,8 @@ func TestDatapathMapFull(t *testing.T) {
 		write         func() error
 	}{
 		{"weir_backends", "--bpf-map-backends", func() error { return d.UpsertBackend(3, want.Backends[1]) }},
-		{"weir_maglev", "--bpf-map-services", func() error { return d.UpsertMaglev(lb.ServiceID(3).Table(0), []lb.BackendID{1}) }},
-		{"weir_maglev", "--bpf-map-services", func() error {
+		{"weir_maglev_index", "--bpf-map-services", func() error { return d.UpsertMaglev(lb.ServiceID(3).Table(0), []lb.BackendID{1}) }},
+		{"weir_maglev_index", "--bpf-map-services", func() error {
 			return d.UpsertMaglevs(map[lb.TableID][]lb.BackendID{lb.ServiceID(3).Table(1): {1}})
 		}},
 		{"weir_frontends", "--bpf-map-frontends", func() error { return d.UpsertFrontend(3, want.Frontends[1]) }},
@@ -317,8 +308,8 @@ func TestDatapathMapFull(t *testing.T) {
 			continue
 		}
 		entries := uint32(2)
-		if tc.mapName == "weir_maglev" {
-			entries = 4 // two tables per service
+		if tc.mapName == "weir_maglev_index" {
+			entries = 6 // two tables per service ID, IDs from 1
 		}
 		if full.Map != tc.mapName || full.MaxEntries != entries || full.Flag != tc.flag {
 			t.Errorf("%s: got %+v", tc.mapName, full)
@@ -494,50 +485,6 @@ func BenchmarkDatapathProgram10k(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-	}
-}
-
-// TestDatapathAdoptsPinnedTableFlags: maps pinned by an agent whose table
-// template had other flags (here: not BPF_F_MMAPABLE) keep taking new
-// tables after an upgrade.
-func TestDatapathAdoptsPinnedTableFlags(t *testing.T) {
-	root := testutil.BPFRoot(t)
-	spec, err := MapsSpec(smallSizes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := spec.Maps["weir_maglev"].InnerMap
-	old.Flags &^= unix.BPF_F_MMAPABLE
-	var objs weirMapsMaps
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: root}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = objs.Close() })
-	oldTable := old.Copy()
-	oldTable.Key, oldTable.Value, oldTable.MaxEntries = nil, nil, 3
-	inner, err := ebpf.NewMap(oldTable)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inner.Close()
-	if _, err := inner.BatchUpdate([]uint32{0, 1, 2}, []uint32{1, 2, 1}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := objs.WeirMaglev.Update(uint32(1), inner, ebpf.UpdateAny); err != nil {
-		t.Fatal(err)
-	}
-
-	d := mustReopen(t, root, smallSizes)
-	if err := d.UpsertMaglev(2, []lb.BackendID{3, 4, 3, 4, 3}); err != nil {
-		t.Fatalf("new table in maps pinned with another template: %v", err)
-	}
-	// Rewriting the old table in place works without a memory mapping.
-	if err := d.UpsertMaglev(1, []lb.BackendID{2, 2, 1}); err != nil {
-		t.Fatalf("rewrite a table that is not BPF_F_MMAPABLE: %v", err)
-	}
-	want := map[lb.TableID][]lb.BackendID{1: {2, 2, 1}, 2: {3, 4, 3, 4, 3}}
-	if got := mustDump(t, d).Maglev; !reflect.DeepEqual(got, want) {
-		t.Errorf("tables = %v, want %v", got, want)
 	}
 }
 

@@ -17,16 +17,16 @@
 // reach the kernel without copying.
 //
 // Datapath. Writes are idempotent (update-or-insert) and deleting a missing
-// key succeeds. Every service has two Maglev tables in weir_maglev, at key
-// ServiceID<<1 | generation (lb.TableID); the service entry's table_gen
-// picks one. A new or resized table is a new inner map, filled through a
-// memory mapping, then swapped in with one outer-map write, which costs a
-// kernel RCU grace period (~10 ms); UpsertMaglevs and DeleteMaglevs
-// (lb.MaglevBatcher) pay it once per batch. A table of unchanged size is
-// rewritten in place through its memory mapping, with no outer-map write
-// and no wait: the caller does that only to a table no entry uses, then
-// flips table_gen. Dump reads everything back, for restoring after a
-// restart.
+// key succeeds. Every service has two Maglev tables (lb.TableID:
+// ServiceID<<1 | generation); the service entry's table_gen picks one.
+// Every table is a run of slots in one array, the slab (weir_maglev's only
+// element), and weir_maglev_index holds each table's offset and size in one
+// 64-bit word. A new or resized table goes into a free run, written
+// through a memory mapping, and is published with an atomic store of its
+// word; the run it left is reused only after an RCU grace period. A table
+// of unchanged size is rewritten in place: the caller does that only to a
+// table no entry uses, then flips table_gen. Dump reads everything back,
+// for restoring after a restart.
 //
 // Errors name the object and the map. Input the maps can't hold (no
 // address, a name longer than its C array, an empty Maglev table) is

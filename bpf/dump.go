@@ -1,14 +1,10 @@
 package bpf
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"unsafe"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/weir-lb/weir/lb"
 )
@@ -77,55 +73,14 @@ func (d *Datapath) Dump() (*lb.DatapathState, error) {
 	return s, nil
 }
 
-// dumpMaglev reads every table. Reading the outer map gives an inner map
-// ID; a table swapped out before it is opened is gone, so the key is read
-// again.
+// dumpMaglev reads every table the index names.
 func (d *Datapath) dumpMaglev(s *lb.DatapathState) error {
-	var ids []uint32
-	{
-		var k, inner uint32
-		it := d.maps.Maglev.Iterate()
-		for it.Next(unsafe.Pointer(&k), unsafe.Pointer(&inner)) {
-			ids = append(ids, k)
-		}
-		if err := it.Err(); err != nil {
-			return fmt.Errorf("dump map weir_maglev: %w", err)
-		}
+	tables, err := readTables(d.maps)
+	if err != nil {
+		return fmt.Errorf("dump the Maglev tables: %w", err)
 	}
-	for _, id := range ids {
-		table, err := d.readMaglev(id)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			continue // deleted since the iteration
-		}
-		if err != nil {
-			return fmt.Errorf("dump map weir_maglev: table %s: %w", lb.TableID(id), err)
-		}
-		s.Maglev[lb.TableID(id)] = table
-	}
+	s.Maglev = tables
 	return nil
-}
-
-func (d *Datapath) readMaglev(id uint32) ([]lb.BackendID, error) {
-	const attempts = 3 // swaps racing a dump are rare; give up eventually
-	var err error
-	for range attempts {
-		var innerID uint32
-		if err = d.maps.Maglev.Lookup(unsafe.Pointer(&id), unsafe.Pointer(&innerID)); err != nil {
-			return nil, err
-		}
-		var inner *ebpf.Map
-		inner, err = ebpf.NewMapFromID(ebpf.MapID(innerID))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // swapped out and freed
-		}
-		if err != nil {
-			return nil, fmt.Errorf("open inner map %d: %w", innerID, err)
-		}
-		table, err := readTable(inner)
-		inner.Close()
-		return table, err
-	}
-	return nil, err
 }
 
 func comparePrefix(a, b netip.Prefix) int {

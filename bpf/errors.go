@@ -24,7 +24,7 @@ func (e *MapFullError) Error() string {
 // sizeFlag is the weir agent flag that sizes a map (cmd/weir/agent.go).
 func sizeFlag(mapName string) string {
 	switch mapName {
-	case "weir_services", "weir_maglev", "weir_service_stats":
+	case "weir_services", "weir_maglev_index", "weir_service_stats":
 		return "--bpf-map-services"
 	case "weir_frontends":
 		return "--bpf-map-frontends"

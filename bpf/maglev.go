@@ -1,13 +1,12 @@
 package bpf
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -16,306 +15,188 @@ import (
 	"github.com/weir-lb/weir/lb"
 )
 
-// Maglev tables live in inner array maps of weir_maglev, two per service
-// (lb.TableID: the service's ID and a generation), sized to the table.
-// Service entries name the generation packets use, so the reconciler
-// writes a new table into the other one and then switches the entries.
+// Every Maglev table lives in one array of slots, the slab: the only
+// element of weir_maglev. A table is a run of consecutive slots, and
+// weir_maglev_index says, per lb.TableID, where its run starts and how
+// long it is, in one 64-bit word that programs read once.
 //
-// A table that exists with the same size is rewritten in place, through a
-// memory mapping of the inner map: no write to the outer map. A new table,
-// or one whose size changes, is filled in a new inner map and swapped in
-// with one write to the outer map, so a packet sees the old table or the
-// new one. The kernel then waits for an RCU grace period (about 10 ms
-// here) before the write returns, so that no program still reads the old
-// table; that wait, not the filling, dominates such a write, and
-// UpsertMaglevs and DeleteMaglevs pay it once per batch. An in-place
-// rewrite waits for nothing, which is what makes a backend change cost
-// microseconds rather than 10 ms; it is atomic for packets only because
-// the caller rewrites a table no entry uses.
+// A table that keeps its size is rewritten in its run, in place: the
+// caller does that only to a table no service entry uses (the spare
+// generation). A new table, or one whose size changes, is written into a
+// free run and then published with one atomic store of its index word, so
+// a packet reads the old run or the new one, never a mix. The run it left
+// is quarantined: it is reused only after an RCU grace period, when no
+// program can still be reading it. The agent makes the kernel wait for one
+// (by writing weir_maglev's element again) only when it runs out of free
+// slots, and grows the slab, replacing the element with a larger copy,
+// when that isn't enough.
+//
+// Slots and index words are written through memory mappings that are
+// unmapped before a call returns, so that a mapped slab never counts in
+// the agent's memory. A first sync of 10k tables is a few mappings and a
+// copy; it used to be an inner map per table, about 40 µs of syscalls each.
 
 const (
-	// maglevWorkers chunks of tables are in flight at once, so that one
-	// chunk's grace period overlaps the creating and filling of the next.
-	maglevWorkers = 4
-	// Each new table holds a file descriptor until its chunk is swapped
-	// in: a chunk takes a share of what RLIMIT_NOFILE leaves after
-	// maglevReservedFDs for the rest of the agent, within these bounds.
-	maglevReservedFDs = 1024
-	maglevMinChunk    = 16
-	maglevMaxChunk    = 2048
+	// slotsPerElem is WEIR_MAGLEV_SLOTS_PER_ELEM: slots per array element
+	// of the slab, one cache line.
+	slotsPerElem = 16
+	slotSize     = 4
+	// Slab sizes are whole pages of elements, at least minSlabSlots.
+	slabGrain    = 1024
+	minSlabSlots = 1 << 16
+	// Offsets in the index are 32-bit.
+	maxSlabSlots = 1<<32 - slabGrain
+	// Tables and index words further apart than this are written through
+	// separate mappings, so that a write never maps a large stretch of
+	// slab (or index) it doesn't touch.
+	mapGap = 1 << 20
 )
 
-// maglevChunkSize is how many tables one batch swap carries, from the
-// process's file descriptor limit.
-func maglevChunkSize() int {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return maglevMinChunk
-	}
-	free := min(lim.Cur, 1<<20) // RLIM_INFINITY is the largest uint64
-	if free <= maglevReservedFDs {
-		return maglevMinChunk
-	}
-	return max(maglevMinChunk, min(maglevMaxChunk, int(free-maglevReservedFDs)/maglevWorkers))
+// tableLoc is where a table is in the slab, as its index word holds it.
+type tableLoc struct{ off, size uint32 }
+
+func (l tableLoc) word() uint64 { return uint64(l.size)<<32 | uint64(l.off) }
+
+func locOf(word uint64) tableLoc { return tableLoc{off: uint32(word), size: uint32(word >> 32)} }
+
+// extent is a run of slots [start, end).
+type extent struct{ start, end uint64 }
+
+// tableSlab is the agent's view of the slab: which runs hold tables,
+// which are free, which wait for a grace period. One per Maps, shared by
+// every Datapath on them; built from the index on first use, so that an
+// agent restarting over pinned maps carries on with the runs it finds.
+type tableSlab struct {
+	mu     sync.Mutex
+	loaded bool
+	slab   *ebpf.Map // nil until the first table is written
+	slots  uint64
+	locs   map[lb.TableID]tableLoc
+	free   []extent // sorted, coalesced
+	// quarantine holds runs a table left since the last grace period.
+	quarantine []extent
 }
 
 // UpsertMaglev writes a Maglev table: in place when the table exists with
-// the same size, else swapped in whole. An empty table is an error: a
-// service without backends has its tables deleted.
+// the same size, else into a new run published atomically. An empty table
+// is an error: a service without backends has its tables deleted.
 func (d *Datapath) UpsertMaglev(id lb.TableID, table []lb.BackendID) error {
-	if err := checkTable(id, table); err != nil {
-		return err
-	}
-	if done, err := d.rewriteTable(id, table, 0, false); done || err != nil {
-		return err
-	}
-	inner, err := d.newTable(id, table, nil)
-	if err != nil {
-		return err
-	}
-	// The outer map holds its own reference from the swap on.
-	defer inner.Close()
-	key := uint32(id)
-	if err := d.maps.Maglev.Update(unsafe.Pointer(&key), inner, ebpf.UpdateAny); err != nil {
-		return writeError(fmt.Sprintf("maglev table %s", id), "weir_maglev", d.maps.Maglev, err)
-	}
-	return nil
+	return d.writeTables([]lb.TableID{id}, [][]lb.BackendID{table})
 }
 
-// UpsertMaglevs writes many tables, each as UpsertMaglev does, with one
-// grace period per chunk of swapped tables (hundreds to thousands,
-// depending on RLIMIT_NOFILE) instead of one per table. Every table is
+// UpsertMaglevs writes many tables, each as UpsertMaglev does, through
+// one mapping of the slab where they are close together. Every table is
 // validated before anything is written.
 func (d *Datapath) UpsertMaglevs(tables map[lb.TableID][]lb.BackendID) error {
-	for id, t := range tables {
-		if err := checkTable(id, t); err != nil {
-			return err
-		}
-	}
 	ids := slices.Sorted(maps.Keys(tables))
-	var live map[uint32]uint32
-	if len(ids) >= liveSnapshotMin {
-		live = d.liveTables()
-	}
-	// Spread small batches over the workers too: each chunk waits for
-	// its own grace period, and the waits overlap. Large ones go in a
-	// multiple of maglevWorkers chunks of equal size, so that no chunk
-	// is left to run alone at the end.
-	n := (len(ids) + d.chunk - 1) / d.chunk
-	n = (n + maglevWorkers - 1) / maglevWorkers * maglevWorkers
-	size := max(1, (len(ids)+n-1)/n)
-	chunks := slices.Collect(slices.Chunk(ids, size))
-	if len(ids) >= liveSnapshotMin {
-		growFDTable(d.maps.Maglev.FD(), min(len(chunks), maglevWorkers)*size)
-	}
-	errs := make([]error, len(chunks))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, maglevWorkers)
-	for i, chunk := range chunks {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			errs[i] = d.writeTables(chunk, tables, live)
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// growFDTable makes room in the process's file descriptor table for n
-// more descriptors at once, by duplicating fd at a high number. The
-// kernel otherwise doubles the table as descriptors are opened, and each
-// doubling in a multithreaded process waits for an RCU grace period while
-// no thread may open one: a handful of such waits as a start creates
-// thousands of tables. Failing to grow it only costs that time.
-func growFDTable(fd, n int) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur <= maglevReservedFDs {
-		return
-	}
-	high := min(uint64(n)+maglevReservedFDs, lim.Cur-1, 1<<20)
-	if dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, int(high)); err == nil {
-		_ = unix.Close(dup)
-	}
-}
-
-// liveSnapshotMin is the batch size from which UpsertMaglevs and
-// DeleteMaglevs read which tables exist in a few batch lookups up front,
-// instead of one lookup per table (for the new tables of a start, a
-// lookup that finds nothing).
-const liveSnapshotMin = 256
-
-// liveTables returns the inner map ID of every table in weir_maglev; nil
-// when the kernel can't say in batches, and then each table is looked up.
-func (d *Datapath) liveTables() map[uint32]uint32 {
-	const chunk = 4096
-	keys := make([]uint32, chunk)
-	inner := make([]uint32, chunk)
-	live := map[uint32]uint32{}
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := d.maps.Maglev.BatchLookup(&cursor, keys, inner, nil)
-		for i := range n {
-			live[keys[i]] = inner[i]
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return live
-		}
-		if err != nil {
-			return nil
-		}
-	}
-}
-
-// writeTables rewrites in place the tables of ids that keep their size,
-// fills a new inner map for each of the others, and swaps those in with
-// one batch update of the outer map. live, when not nil, says which
-// tables exist (by their inner map IDs).
-func (d *Datapath) writeTables(ids []lb.TableID, tables map[lb.TableID][]lb.BackendID, live map[uint32]uint32) error {
-	inners := make([]*ebpf.Map, 0, len(ids))
-	defer func() {
-		for _, m := range inners {
-			m.Close()
-		}
-	}()
-	keys := make([]uint32, 0, len(ids))
-	fds := make([]uint32, 0, len(ids))
-	var mapper *tableMapper
-	defer func() { _ = mapper.release() }() // on an early return
+	ts := make([][]lb.BackendID, len(ids))
 	for i, id := range ids {
-		var done bool
-		var err error
-		if innerID, ok := live[uint32(id)]; ok || live == nil {
-			done, err = d.rewriteTable(id, tables[id], innerID, ok)
-		}
-		if err != nil {
-			return err
-		}
-		if done {
-			continue
-		}
-		if mapper == nil && len(ids)-i > 1 {
-			mapper = reserveTables(ids[i:], tables)
-		}
-		m, err := d.newTable(id, tables[id], mapper)
-		if err != nil {
-			return err
-		}
-		inners = append(inners, m)
-		keys, fds = append(keys, uint32(id)), append(fds, uint32(m.FD()))
+		ts[i] = tables[id]
 	}
-	// Nothing of this process may write to a table once it is swapped in.
-	if err := mapper.release(); err != nil {
-		return fmt.Errorf("unmap the new Maglev tables: %w", err)
-	}
-	if len(keys) == 0 {
-		return nil
-	}
-	n, err := d.maps.Maglev.BatchUpdate(keys, fds, nil)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		for i := range keys {
-			if err := d.maps.Maglev.Update(unsafe.Pointer(&keys[i]), unsafe.Pointer(&fds[i]), ebpf.UpdateAny); err != nil {
-				return writeError(fmt.Sprintf("maglev table %s", lb.TableID(keys[i])), "weir_maglev", d.maps.Maglev, err)
-			}
-		}
-		return nil
-	}
-	if err != nil {
-		failed := lb.TableID(keys[min(n, len(keys)-1)])
-		return writeError(fmt.Sprintf("maglev table %s (%d of %d in this batch written)", failed, n, len(keys)), "weir_maglev", d.maps.Maglev, err)
-	}
-	return nil
-}
-
-// rewriteTable writes table into the inner map id holds when that has as
-// many slots, and reports whether it did. False without an error means
-// there is no such map: none, another size, or swapped out meanwhile.
-// known says innerID is the inner map's ID as already read; else it is
-// looked up.
-func (d *Datapath) rewriteTable(id lb.TableID, table []lb.BackendID, innerID uint32, known bool) (bool, error) {
-	if !known {
-		key := uint32(id)
-		err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&innerID))
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("maglev table %s: look up in map weir_maglev: %w", id, err)
-		}
-	}
-	inner, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("maglev table %s: open inner map %d: %w", id, innerID, err)
-	}
-	defer inner.Close()
-	if inner.MaxEntries() != uint32(len(table)) {
-		return false, nil
-	}
-	if err := d.fillTable(inner, table); err != nil {
-		return false, fmt.Errorf("maglev table %s: rewrite %d slots in place: %w", id, len(table), err)
-	}
-	return true, nil
+	return d.writeTables(ids, ts)
 }
 
 // DeleteMaglev removes a table.
 func (d *Datapath) DeleteMaglev(id lb.TableID) error {
-	key := uint32(id)
-	if err := deleteError("weir_maglev", d.maps.Maglev.Delete(unsafe.Pointer(&key))); err != nil {
-		return fmt.Errorf("maglev table %s: %w", id, err)
+	return d.DeleteMaglevs([]lb.TableID{id})
+}
+
+// DeleteMaglevs removes tables; missing ones are skipped. A packet that
+// reads a deleted table's index word finds no table (the service rejects
+// new flows) or the old run, intact until a grace period has passed.
+func (d *Datapath) DeleteMaglevs(ids []lb.TableID) error {
+	s := d.maps.tables
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(d.maps); err != nil {
+		return err
+	}
+	var gone []lb.TableID
+	for _, id := range ids {
+		if _, ok := s.locs[id]; ok {
+			gone = append(gone, id)
+		}
+	}
+	slices.Sort(gone)
+	gone = slices.Compact(gone)
+	if err := storeIndex(d.maps.MaglevIndex, gone, func(lb.TableID) uint64 { return 0 }); err != nil {
+		s.reset(d.maps)
+		return fmt.Errorf("delete maglev tables: %w", err)
+	}
+	for _, id := range gone {
+		s.retire(s.locs[id])
+		delete(s.locs, id)
 	}
 	return nil
 }
 
-// DeleteMaglevs removes many tables with one grace period. Missing tables
-// are skipped: a kernel batch delete stops at the first missing key.
-func (d *Datapath) DeleteMaglevs(ids []lb.TableID) error {
-	keys := make([]uint32, 0, len(ids))
-	var live map[uint32]uint32
-	if len(ids) >= liveSnapshotMin {
-		live = d.liveTables()
+func (d *Datapath) writeTables(ids []lb.TableID, tables [][]lb.BackendID) error {
+	for i, id := range ids {
+		if err := checkTable(id, tables[i]); err != nil {
+			return err
+		}
+		if max := d.maps.MaglevIndex.MaxEntries(); uint32(id) >= max {
+			return fmt.Errorf("maglev table %s: %w", id, &MapFullError{Map: "weir_maglev_index", MaxEntries: max, Flag: sizeFlag("weir_maglev_index")})
+		}
 	}
-	var inner uint32
-	for _, id := range ids {
-		key := uint32(id)
-		if live != nil {
-			if _, ok := live[key]; ok {
-				keys = append(keys, key)
+	s := d.maps.tables
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(d.maps); err != nil {
+		return err
+	}
+	// Runs for the tables that need one: new, or another size.
+	locs := make([]tableLoc, len(ids))
+	var moved []int
+	var need uint64
+	for i, id := range ids {
+		if cur, ok := s.locs[id]; ok && int(cur.size) == len(tables[i]) {
+			locs[i] = cur
+			continue
+		}
+		moved = append(moved, i)
+		need += uint64(len(tables[i]))
+	}
+	undo := func() {
+		for _, i := range moved {
+			if locs[i].size != 0 {
+				s.free = addExtent(s.free, extentOf(locs[i]))
 			}
-			continue
 		}
-		err := d.maps.Maglev.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&inner))
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			continue
-		}
+	}
+	for _, i := range moved {
+		loc, err := s.alloc(d, uint32(len(tables[i])), need)
 		if err != nil {
-			return fmt.Errorf("maglev table %s: look up in map weir_maglev: %w", id, err)
+			undo()
+			return fmt.Errorf("maglev table %s: %w", ids[i], err)
 		}
-		keys = append(keys, key)
+		locs[i] = loc
+		need -= uint64(loc.size)
 	}
-	for len(keys) > 0 {
-		n, err := d.maps.Maglev.BatchDelete(keys, nil)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, ebpf.ErrKeyNotExist) && n < len(keys):
-			// Deleted since the lookup; carry on after it.
-			keys = keys[n+1:]
-		case errors.Is(err, ebpf.ErrNotSupported):
-			for _, key := range keys {
-				if err := d.DeleteMaglev(lb.TableID(key)); err != nil {
-					return err
-				}
-			}
-			return nil
-		default:
-			if err := deleteError("weir_maglev", err); err != nil {
-				return fmt.Errorf("maglev table %s: %w", lb.TableID(keys[min(n, len(keys)-1)]), err)
-			}
-			return nil
+	if err := s.fill(locs, tables); err != nil {
+		undo()
+		return err
+	}
+	if len(moved) == 0 {
+		return nil
+	}
+	pub := make([]lb.TableID, len(moved))
+	word := make(map[lb.TableID]uint64, len(moved))
+	for j, i := range moved {
+		pub[j] = ids[i]
+		word[ids[i]] = locs[i].word()
+	}
+	slices.Sort(pub)
+	if err := storeIndex(d.maps.MaglevIndex, pub, func(id lb.TableID) uint64 { return word[id] }); err != nil {
+		// Some words may be stored: what the index says is the truth.
+		s.reset(d.maps)
+		return fmt.Errorf("maglev tables: %w", err)
+	}
+	for _, i := range moved {
+		if old, ok := s.locs[ids[i]]; ok {
+			s.retire(old)
 		}
+		s.locs[ids[i]] = locs[i]
 	}
 	return nil
 }
@@ -326,6 +207,9 @@ func checkTable(id lb.TableID, table []lb.BackendID) error {
 	if len(table) == 0 {
 		return fmt.Errorf("maglev table %s is empty (delete the tables of a service without backends instead)", id)
 	}
+	if len(table) > maxSlabSlots/2 {
+		return fmt.Errorf("maglev table %s has %d slots, more than the slab can hold", id, len(table))
+	}
 	for i, b := range table {
 		if b == 0 {
 			return fmt.Errorf("maglev table %s: slot %d holds backend ID 0, which is never allocated", id, i)
@@ -334,209 +218,392 @@ func checkTable(id lb.TableID, table []lb.BackendID) error {
 	return nil
 }
 
-// newTable creates and fills an inner map for table, through mapper when
-// it isn't nil and the map is mappable.
-func (d *Datapath) newTable(id lb.TableID, table []lb.BackendID, mapper *tableMapper) (*ebpf.Map, error) {
-	spec := *d.inner
-	spec.MaxEntries = uint32(len(table))
-	m, err := ebpf.NewMap(&spec)
-	if err != nil {
-		if errors.Is(err, unix.EMFILE) {
-			return nil, fmt.Errorf("maglev table %s: create an inner map: %w (raise the agent's open-file limit, e.g. LimitNOFILE= in its systemd unit)", id, err)
-		}
-		return nil, fmt.Errorf("maglev table %s: create an inner map of %d slots: %w", id, len(table), err)
-	}
-	fill := d.fillTable
-	if mapper != nil && m.Flags()&unix.BPF_F_MMAPABLE != 0 {
-		fill = mapper.fill
-	}
-	if err := fill(m, table); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("maglev table %s: fill %d slots: %w", id, len(table), err)
-	}
-	return m, nil
-}
-
-// tableMapper maps the new tables of a batch side by side into one
-// stretch of address space reserved for them, so that one munmap unmaps
-// them all. A munmap per table made the kernel flush the TLB of every CPU
-// the agent runs on once per table (an interprocessor interrupt each,
-// slow on a busy VM): as much as creating the maps.
-type tableMapper struct {
-	base       unsafe.Pointer
-	size, used uintptr
-}
-
-// reserveTables reserves room to map every table of ids; nil when the
-// kernel refuses (each table is then mapped on its own).
-func reserveTables(ids []lb.TableID, tables map[lb.TableID][]lb.BackendID) *tableMapper {
-	var size uintptr
-	for _, id := range ids {
-		size += uintptr(mappedSize(len(tables[id])))
-	}
-	base, err := unix.MmapPtr(-1, 0, nil, size, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	if err != nil {
+// load reads the slab and the index pinned maps already hold, once.
+func (s *tableSlab) load(m *Maps) error {
+	if s.loaded {
 		return nil
 	}
-	return &tableMapper{base: base, size: size}
-}
-
-// fill maps table's array over the next part of the reservation (only
-// ever this process's own) and writes the slots, as fillMapped does.
-func (t *tableMapper) fill(m *ebpf.Map, table []lb.BackendID) error {
-	size := uintptr(mappedSize(len(table)))
-	if t.used+size > t.size {
-		return fillMapped(m, table)
-	}
-	p, err := unix.MmapPtr(m.FD(), 0, unsafe.Add(t.base, t.used), size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED)
+	s.locs = map[lb.TableID]tableLoc{}
+	slab, err := currentSlab(m)
 	if err != nil {
-		return fmt.Errorf("mmap %d bytes: %w", size, err)
+		return err
 	}
-	t.used += size
-	mem := unsafe.Slice((*byte)(p), size)
-	for i, b := range table {
-		binary.NativeEndian.PutUint32(mem[i*arrayStride:], uint32(b))
+	if slab != nil {
+		s.slab, s.slots = slab, uint64(slab.MaxEntries())*slotsPerElem
 	}
+	var used []extent
+	err = readIndex(m.MaglevIndex, func(id lb.TableID, loc tableLoc) error {
+		e := extentOf(loc)
+		if e.end > s.slots {
+			return fmt.Errorf("table %s at slots %d-%d, beyond the slab's %d", id, e.start, e.end, s.slots)
+		}
+		s.locs[id] = loc
+		used = append(used, e)
+		return nil
+	})
+	if err != nil {
+		s.closeSlab()
+		return fmt.Errorf("read map weir_maglev_index: %w (remove the pins under %s to start afresh)", err, m.root)
+	}
+	slices.SortFunc(used, func(a, b extent) int { return int(a.start) - int(b.start) })
+	next := uint64(0)
+	for _, e := range used {
+		if e.start < next {
+			s.closeSlab()
+			return fmt.Errorf("map weir_maglev_index: two tables share slot %d (remove the pins under %s to start afresh)", e.start, m.root)
+		}
+		if e.start > next {
+			s.free = append(s.free, extent{next, e.start})
+		}
+		next = e.end
+	}
+	if next < s.slots {
+		s.free = append(s.free, extent{next, s.slots})
+	}
+	s.loaded = true
 	return nil
 }
 
-// release unmaps the tables and the rest of the reservation; a nil or
-// released mapper does nothing.
-func (t *tableMapper) release() error {
-	if t == nil || t.base == nil {
-		return nil
+// reset forgets everything, to be read again from the index by the next
+// call, after a grace period: a run this view had quarantined may look
+// free in the index.
+func (s *tableSlab) reset(m *Maps) {
+	if s.slab != nil {
+		_ = s.grace(m)
 	}
-	err := unix.MunmapPtr(t.base, t.size)
-	t.base = nil
-	return err
+	s.closeSlab()
+	s.loaded, s.locs, s.free, s.quarantine = false, nil, nil, nil
 }
 
-// fillTable writes every slot: through a memory mapping when the table
-// is BPF_F_MMAPABLE (one copy, no syscall per slot), else with one batch
-// syscall, else slot by slot. The flags are the map's own: a table made
-// by an older agent may not be mappable.
-func (d *Datapath) fillTable(m *ebpf.Map, table []lb.BackendID) error {
-	if m.Flags()&unix.BPF_F_MMAPABLE != 0 {
-		return fillMapped(m, table)
+func (s *tableSlab) closeSlab() {
+	if s.slab != nil {
+		s.slab.Close()
+		s.slab, s.slots = nil, 0
 	}
-	keys := d.slotKeys(len(table))
-	_, err := m.BatchUpdate(keys, table, nil)
-	if !errors.Is(err, ebpf.ErrNotSupported) {
+}
+
+// currentSlab opens weir_maglev's element; nil when there is none yet.
+func currentSlab(m *Maps) (*ebpf.Map, error) {
+	var zero, id uint32
+	err := m.Maglev.Lookup(unsafe.Pointer(&zero), unsafe.Pointer(&id))
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up the Maglev slab in map weir_maglev: %w", err)
+	}
+	slab, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return nil, fmt.Errorf("open the Maglev slab (map %d): %w", id, err)
+	}
+	return slab, nil
+}
+
+// readIndex calls fn for every table the index names.
+func readIndex(index *ebpf.Map, fn func(lb.TableID, tableLoc) error) error {
+	n := uint64(index.MaxEntries())
+	mem, at, err := mapRange(index, 0, n*8, false)
+	if err != nil {
 		return err
 	}
-	for i := range table {
-		if err := m.Update(unsafe.Pointer(&keys[i]), unsafe.Pointer(&table[i]), ebpf.UpdateAny); err != nil {
+	defer unix.Munmap(mem)
+	for i := range n {
+		w := atomic.LoadUint64((*uint64)(unsafe.Pointer(&mem[at+int(i)*8])))
+		if w == 0 {
+			continue
+		}
+		loc := locOf(w)
+		if loc.size == 0 {
+			return fmt.Errorf("table %s: empty run at slot %d", lb.TableID(i), loc.off)
+		}
+		if err := fn(lb.TableID(i), loc); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// arrayStride is the distance between the elements of an array map in
-// memory: the kernel rounds the value size up to 8 bytes.
-const arrayStride = 8
-
-// fillMapped writes the table through a shared mapping of the array,
-// unmapped again before the table is swapped in or used, so nothing in
-// this process can write to a table packets are reading. Each slot is
-// one aligned 32-bit store.
-func fillMapped(m *ebpf.Map, table []lb.BackendID) error {
-	size := mappedSize(len(table))
-	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return fmt.Errorf("mmap %d bytes: %w", size, err)
-	}
-	for i, b := range table {
-		binary.NativeEndian.PutUint32(mem[i*arrayStride:], uint32(b))
-	}
-	if err := unix.Munmap(mem); err != nil {
-		return fmt.Errorf("munmap: %w", err)
+// storeIndex stores word(id) in the index word of every id (sorted), each
+// with one atomic 64-bit store: a program reads a table's offset and size
+// together.
+func storeIndex(index *ebpf.Map, ids []lb.TableID, word func(lb.TableID) uint64) error {
+	for len(ids) > 0 {
+		n := 1
+		for n < len(ids) && uint64(ids[n]-ids[n-1])*8 <= mapGap {
+			n++
+		}
+		from, to := uint64(ids[0])*8, uint64(ids[n-1])*8+8
+		mem, at, err := mapRange(index, from, to, true)
+		if err != nil {
+			return fmt.Errorf("map weir_maglev_index: %w", err)
+		}
+		for _, id := range ids[:n] {
+			p := (*uint64)(unsafe.Pointer(&mem[at+int(uint64(id)*8-from)]))
+			atomic.StoreUint64(p, word(id))
+		}
+		if err := unix.Munmap(mem); err != nil {
+			return fmt.Errorf("unmap weir_maglev_index: %w", err)
+		}
+		ids = ids[n:]
 	}
 	return nil
 }
 
-// slotKeys returns 0..n-1.
-func (d *Datapath) slotKeys(n int) []uint32 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.slots) < n {
-		s := make([]uint32, n)
-		for i := range s {
-			s[i] = uint32(i)
+// alloc takes a free run of size slots. When none is left it waits for a
+// grace period to reuse quarantined runs, then grows the slab by at least
+// need slots (what the rest of the caller's batch needs).
+func (s *tableSlab) alloc(d *Datapath, size uint32, need uint64) (tableLoc, error) {
+	for attempt := 0; ; attempt++ {
+		for i, e := range s.free {
+			if e.end-e.start < uint64(size) {
+				continue
+			}
+			loc := tableLoc{off: uint32(e.start), size: size}
+			if s.free[i].start += uint64(size); s.free[i].start == e.end {
+				s.free = slices.Delete(s.free, i, i+1)
+			}
+			return loc, nil
 		}
-		d.slots = s
+		switch {
+		case attempt == 0 && len(s.quarantine) > 0 && s.slab != nil:
+			if err := s.grace(d.maps); err != nil {
+				return tableLoc{}, err
+			}
+		case attempt <= 1:
+			if err := s.grow(d, need); err != nil {
+				return tableLoc{}, err
+			}
+		default:
+			return tableLoc{}, fmt.Errorf("no run of %d free slots in the Maglev slab", size)
+		}
 	}
-	return d.slots[:n]
 }
 
-// readTable reads a Maglev table from its inner map.
-func readTable(inner *ebpf.Map) ([]lb.BackendID, error) {
-	if inner.Flags()&unix.BPF_F_MMAPABLE != 0 {
-		return readMapped(inner)
-	}
-	n := int(inner.MaxEntries())
-	keys := make([]uint32, n)
-	vals := make([]lb.BackendID, n)
-	var cursor ebpf.MapBatchCursor
-	got := 0
-	for got < n {
-		c, err := inner.BatchLookup(&cursor, keys[got:], vals[got:], nil)
-		got += c
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return readTableSlowly(inner)
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	if got != n {
-		return nil, fmt.Errorf("read %d of %d slots", got, n)
-	}
-	// An array's batch lookup returns keys in order; place by key anyway.
-	table := make([]lb.BackendID, n)
-	for i, k := range keys {
-		if int(k) >= n {
-			return nil, fmt.Errorf("slot key %d outside a table of %d", k, n)
-		}
-		table[k] = vals[i]
-	}
-	return table, nil
+// retire quarantines a run a table left.
+func (s *tableSlab) retire(loc tableLoc) {
+	s.quarantine = append(s.quarantine, extentOf(loc))
 }
 
-// readMapped reads a table through a read-only mapping: a 16381-slot
-// table costs one copy instead of milliseconds of batch lookups, which
-// matters when a restarting agent dumps thousands of tables.
-func readMapped(inner *ebpf.Map) ([]lb.BackendID, error) {
-	table := make([]lb.BackendID, inner.MaxEntries())
-	mem, err := unix.Mmap(inner.FD(), 0, mappedSize(len(table)), unix.PROT_READ, unix.MAP_SHARED)
+// grace waits until no program can still read a quarantined run, by
+// writing weir_maglev's element again (the kernel waits for an RCU grace
+// period after a write to a map of maps), and frees those runs.
+func (s *tableSlab) grace(m *Maps) error {
+	var zero uint32
+	if err := m.Maglev.Update(unsafe.Pointer(&zero), s.slab, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("wait for readers of the Maglev slab: write map weir_maglev: %w", err)
+	}
+	s.release()
+	return nil
+}
+
+func (s *tableSlab) release() {
+	for _, e := range s.quarantine {
+		s.free = addExtent(s.free, e)
+	}
+	s.quarantine = nil
+}
+
+// grow replaces the slab with one at least need slots larger (and at
+// least twice the size), holding a copy of every run, and frees the
+// quarantine: the swap waits for a grace period.
+func (s *tableSlab) grow(d *Datapath, need uint64) error {
+	size := max(2*s.slots, s.slots+need, minSlabSlots)
+	size = (size + slabGrain - 1) / slabGrain * slabGrain
+	if size > maxSlabSlots {
+		if s.slots+need > maxSlabSlots {
+			return fmt.Errorf("the Maglev tables need %d slots, more than the slab's limit of %d: lower --maglev-table-size or the number of services", s.slots+need, uint64(maxSlabSlots))
+		}
+		size = maxSlabSlots
+	}
+	spec := *d.slabSpec
+	spec.MaxEntries = uint32(size / slotsPerElem)
+	slab, err := ebpf.NewMap(&spec)
 	if err != nil {
-		return nil, fmt.Errorf("mmap: %w", err)
+		return fmt.Errorf("create a Maglev slab of %d slots (%d MiB): %w (the kernel needs BPF_F_MMAPABLE arrays and that much memory; lower --maglev-table-size or the number of services)", size, size*slotSize>>20, err)
 	}
-	for i := range table {
-		table[i] = lb.BackendID(binary.NativeEndian.Uint32(mem[i*arrayStride:]))
-	}
-	if err := unix.Munmap(mem); err != nil {
-		return nil, fmt.Errorf("munmap: %w", err)
-	}
-	return table, nil
-}
-
-// mappedSize is the length of the mapping of an n-element table.
-func mappedSize(n int) int {
-	page := unix.Getpagesize()
-	return (n*arrayStride + page - 1) / page * page
-}
-
-func readTableSlowly(inner *ebpf.Map) ([]lb.BackendID, error) {
-	table := make([]lb.BackendID, inner.MaxEntries())
-	for i := range table {
-		k := uint32(i)
-		if err := inner.Lookup(unsafe.Pointer(&k), unsafe.Pointer(&table[i])); err != nil {
-			return nil, fmt.Errorf("slot %d: %w", i, err)
+	if s.slab != nil {
+		if err := copySlab(slab, s.slab, s.slots); err != nil {
+			slab.Close()
+			return fmt.Errorf("copy the Maglev slab: %w", err)
 		}
 	}
-	return table, nil
+	var zero uint32
+	if err := d.maps.Maglev.Update(unsafe.Pointer(&zero), slab, ebpf.UpdateAny); err != nil {
+		slab.Close()
+		return writeError("maglev slab", "weir_maglev", d.maps.Maglev, err)
+	}
+	old := s.slots
+	s.closeSlab()
+	s.free = addExtent(s.free, extent{old, size})
+	s.slab, s.slots = slab, size
+	s.release()
+	return nil
+}
+
+func copySlab(dst, src *ebpf.Map, slots uint64) error {
+	from, _, err := mapRange(src, 0, slots*slotSize, false)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(from)
+	to, _, err := mapRange(dst, 0, slots*slotSize, true)
+	if err != nil {
+		return err
+	}
+	copy(to, from)
+	return unix.Munmap(to)
+}
+
+// fill writes every table into its run, mapping the slab once per group
+// of runs that lie close together.
+func (s *tableSlab) fill(locs []tableLoc, tables [][]lb.BackendID) error {
+	order := make([]int, len(locs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return int(locs[a].off) - int(locs[b].off) })
+	for len(order) > 0 {
+		n, end := 1, uint64(extentOf(locs[order[0]]).end)
+		for n < len(order) && uint64(locs[order[n]].off)*slotSize <= end*slotSize+mapGap {
+			end = max(end, extentOf(locs[order[n]]).end)
+			n++
+		}
+		from := uint64(locs[order[0]].off) * slotSize
+		mem, at, err := mapRange(s.slab, from, end*slotSize, true)
+		if err != nil {
+			return fmt.Errorf("map the Maglev slab: %w", err)
+		}
+		for _, i := range order[:n] {
+			p := at + int(uint64(locs[i].off)*slotSize-from)
+			copy(slotsAt(mem, p, len(tables[i])), tables[i])
+		}
+		if err := unix.Munmap(mem); err != nil {
+			return fmt.Errorf("unmap the Maglev slab: %w", err)
+		}
+		order = order[n:]
+	}
+	return nil
+}
+
+// slotsAt views n slots of a mapping from byte p as backend IDs: slots
+// are native-endian 32-bit words, 4-byte aligned (the mapping starts on a
+// page), so a table is written or read with one copy.
+func slotsAt(mem []byte, p, n int) []lb.BackendID {
+	mem = mem[p : p+n*slotSize]
+	return unsafe.Slice((*lb.BackendID)(unsafe.Pointer(unsafe.SliceData(mem))), n)
+}
+
+func extentOf(l tableLoc) extent {
+	return extent{uint64(l.off), uint64(l.off) + uint64(l.size)}
+}
+
+// addExtent inserts e into a sorted, coalesced list.
+func addExtent(list []extent, e extent) []extent {
+	i, _ := slices.BinarySearchFunc(list, e.start, func(x extent, start uint64) int {
+		switch {
+		case x.start < start:
+			return -1
+		case x.start > start:
+			return 1
+		}
+		return 0
+	})
+	list = slices.Insert(list, i, e)
+	// Merge with the neighbours it touches.
+	if i+1 < len(list) && list[i].end == list[i+1].start {
+		list[i].end = list[i+1].end
+		list = slices.Delete(list, i+1, i+2)
+	}
+	if i > 0 && list[i-1].end == list[i].start {
+		list[i-1].end = list[i].end
+		list = slices.Delete(list, i, i+1)
+	}
+	return list
+}
+
+// mapRange maps bytes [from, to) of a BPF_F_MMAPABLE array's values,
+// widened to whole pages, and returns the mapping and where from is in
+// it. The caller unmaps it.
+func mapRange(m *ebpf.Map, from, to uint64, write bool) ([]byte, int, error) {
+	page := uint64(unix.Getpagesize())
+	start := from / page * page
+	end := (to + page - 1) / page * page
+	prot := unix.PROT_READ
+	if write {
+		prot |= unix.PROT_WRITE
+	}
+	mem, err := unix.Mmap(m.FD(), int64(start), int(end-start), prot, unix.MAP_SHARED)
+	if err != nil {
+		return nil, 0, fmt.Errorf("mmap %d bytes at %d: %w", end-start, start, err)
+	}
+	return mem, int(from - start), nil
+}
+
+// readTables reads the tables the index names from the slab.
+func readTables(m *Maps) (map[lb.TableID][]lb.BackendID, error) {
+	out := map[lb.TableID][]lb.BackendID{}
+	var locs []tableLoc
+	var ids []lb.TableID
+	if err := readIndex(m.MaglevIndex, func(id lb.TableID, loc tableLoc) error {
+		ids, locs = append(ids, id), append(locs, loc)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read map weir_maglev_index: %w", err)
+	}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	slab, err := currentSlab(m)
+	if err != nil {
+		return nil, err
+	}
+	if slab == nil {
+		return nil, fmt.Errorf("map weir_maglev_index names %d tables but weir_maglev holds no slab", len(ids))
+	}
+	defer slab.Close()
+	var end uint64
+	for _, l := range locs {
+		end = max(end, extentOf(l).end)
+	}
+	if limit := uint64(slab.MaxEntries()) * slotsPerElem; end > limit {
+		return nil, fmt.Errorf("map weir_maglev_index names slots up to %d, beyond the slab's %d", end, limit)
+	}
+	mem, at, err := mapRange(slab, 0, end*slotSize, false)
+	if err != nil {
+		return nil, fmt.Errorf("map the Maglev slab: %w", err)
+	}
+	defer unix.Munmap(mem)
+	for i, id := range ids {
+		t := make([]lb.BackendID, locs[i].size)
+		copy(t, slotsAt(mem, at+int(locs[i].off)*slotSize, len(t)))
+		out[id] = t
+	}
+	return out, nil
+}
+
+// MaglevUsage is how much of the Maglev slab the tables take.
+type MaglevUsage struct {
+	Tables    int    // tables the index names
+	UsedSlots uint64 // their slots
+	Slots     uint64 // the slab's capacity; 0 before the first table
+}
+
+// MaglevUsage reads the index and the slab's size.
+func (m *Maps) MaglevUsage() (MaglevUsage, error) {
+	var u MaglevUsage
+	err := readIndex(m.MaglevIndex, func(_ lb.TableID, loc tableLoc) error {
+		u.Tables++
+		u.UsedSlots += uint64(loc.size)
+		return nil
+	})
+	if err != nil {
+		return u, fmt.Errorf("read map weir_maglev_index: %w", err)
+	}
+	slab, err := currentSlab(m)
+	if err != nil || slab == nil {
+		return u, err
+	}
+	defer slab.Close()
+	u.Slots = uint64(slab.MaxEntries()) * slotsPerElem
+	return u, nil
 }

@@ -25,9 +25,12 @@ type MapSizes struct {
 
 // Maps are the pinned maps every Weir program shares.
 type Maps struct {
-	Services     *ebpf.Map
-	Backends     *ebpf.Map
+	Services *ebpf.Map
+	Backends *ebpf.Map
+	// Maglev holds the slab of Maglev tables (its only element) and
+	// MaglevIndex where each table is in it (see maglev.go).
 	Maglev       *ebpf.Map
+	MaglevIndex  *ebpf.Map
 	Frontends    *ebpf.Map
 	SourceRanges *ebpf.Map
 	CT           *ebpf.Map
@@ -52,9 +55,10 @@ type Maps struct {
 	// recvmsg hooks; it can't be listed from user space).
 	SockPeer *ebpf.Map
 
-	// MaglevInner is the spec of one Maglev table; MaxEntries is set per
-	// service when a table is created.
+	// MaglevInner is the spec of the Maglev slab; MaxEntries is set when
+	// it is created or grown.
 	MaglevInner *ebpf.MapSpec
+	tables      *tableSlab
 	root        string
 }
 
@@ -71,8 +75,8 @@ func MapsSpec(sizes MapSizes) (*ebpf.CollectionSpec, error) {
 	}
 	set("weir_services", sizes.Services)
 	if sizes.Services != 0 {
-		// Two tables (generations) per service ID.
-		spec.Maps["weir_maglev"].MaxEntries = 2 * sizes.Services
+		// Two tables (generations) per service ID, IDs from 1.
+		spec.Maps["weir_maglev_index"].MaxEntries = 2*sizes.Services + 2
 	}
 	set("weir_service_stats", sizes.Services)
 	set("weir_frontends", sizes.Frontends)
@@ -111,6 +115,7 @@ func OpenMaps(root string, sizes MapSizes) (*Maps, error) {
 		Services:        objs.WeirServices,
 		Backends:        objs.WeirBackends,
 		Maglev:          objs.WeirMaglev,
+		MaglevIndex:     objs.WeirMaglevIndex,
 		Frontends:       objs.WeirFrontends,
 		SourceRanges:    objs.WeirSourceRanges,
 		CT:              objs.WeirCt,
@@ -126,6 +131,7 @@ func OpenMaps(root string, sizes MapSizes) (*Maps, error) {
 		EventsLost:      objs.WeirEventsLost,
 		SockPeer:        objs.WeirSockPeer,
 		MaglevInner:     spec.Maps["weir_maglev"].InnerMap.Copy(),
+		tables:          &tableSlab{},
 		root:            root,
 	}, nil
 }
@@ -139,6 +145,7 @@ func (m *Maps) All() map[string]*ebpf.Map {
 		"weir_services":          m.Services,
 		"weir_backends":          m.Backends,
 		"weir_maglev":            m.Maglev,
+		"weir_maglev_index":      m.MaglevIndex,
 		"weir_frontends":         m.Frontends,
 		"weir_source_ranges":     m.SourceRanges,
 		"weir_ct":                m.CT,
@@ -190,6 +197,12 @@ func (m *Maps) LoadAndAssign(spec *ebpf.CollectionSpec, to any, opts *ebpf.Colle
 // Close releases the maps' file descriptors; the pins stay.
 func (m *Maps) Close() error {
 	var errs []error
+	if m.tables != nil {
+		m.tables.mu.Lock()
+		m.tables.closeSlab()
+		m.tables.loaded = false
+		m.tables.mu.Unlock()
+	}
 	for _, mp := range m.All() {
 		if mp != nil {
 			errs = append(errs, mp.Close())

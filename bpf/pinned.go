@@ -17,11 +17,15 @@ func LoadPinnedMaps(root string) (*Maps, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Maps{root: root, MaglevInner: spec.Maps["weir_maglev"].InnerMap.Copy()}
+	m := &Maps{root: root, MaglevInner: spec.Maps["weir_maglev"].InnerMap.Copy(), tables: &tableSlab{}}
 	for name, dst := range m.fields() {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(root, name), &ebpf.LoadPinOptions{ReadOnly: false})
 		if errors.Is(err, os.ErrNotExist) {
 			// Maps added by a newer version may be missing; the core ones not.
+			if name == "weir_maglev_index" {
+				m.Close()
+				return nil, fmt.Errorf("the maps under %s were made by an older Weir, which kept Maglev tables in inner maps: start this agent with the pins removed (rm -r %s; this drops connection-tracking state)", root, root)
+			}
 			if name == "weir_services" || name == "weir_backends" || name == "weir_frontends" {
 				m.Close()
 				return nil, fmt.Errorf("no Weir maps pinned under %s (is the agent's --bpf-root elsewhere?)", root)
@@ -43,6 +47,7 @@ func (m *Maps) fields() map[string]**ebpf.Map {
 		"weir_services":          &m.Services,
 		"weir_backends":          &m.Backends,
 		"weir_maglev":            &m.Maglev,
+		"weir_maglev_index":      &m.MaglevIndex,
 		"weir_frontends":         &m.Frontends,
 		"weir_source_ranges":     &m.SourceRanges,
 		"weir_ct":                &m.CT,

@@ -78,6 +78,12 @@ type weirMapsFrontendValue struct {
 	PortName  [32]int8
 }
 
+type weirMapsMaglevLoc struct {
+	_      structs.HostLayout
+	Offset uint32
+	Size   uint32
+}
+
 type weirMapsServiceKey struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -167,6 +173,7 @@ const (
 	weirMapsMapWeirEventsLost      = "weir_events_lost"
 	weirMapsMapWeirFrontends       = "weir_frontends"
 	weirMapsMapWeirMaglev          = "weir_maglev"
+	weirMapsMapWeirMaglevIndex     = "weir_maglev_index"
 	weirMapsMapWeirNodeAddrs       = "weir_node_addrs"
 	weirMapsMapWeirServiceStats    = "weir_service_stats"
 	weirMapsMapWeirServices        = "weir_services"
@@ -235,6 +242,7 @@ type weirMapsMapSpecs struct {
 	WeirEventsLost      *ebpf.MapSpec `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.MapSpec `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.MapSpec `ebpf:"weir_maglev"`
+	WeirMaglevIndex     *ebpf.MapSpec `ebpf:"weir_maglev_index"`
 	WeirNodeAddrs       *ebpf.MapSpec `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.MapSpec `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.MapSpec `ebpf:"weir_services"`
@@ -281,6 +289,7 @@ type weirMapsMaps struct {
 	WeirEventsLost      *ebpf.Map `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.Map `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.Map `ebpf:"weir_maglev"`
+	WeirMaglevIndex     *ebpf.Map `ebpf:"weir_maglev_index"`
 	WeirNodeAddrs       *ebpf.Map `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.Map `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.Map `ebpf:"weir_services"`
@@ -302,6 +311,7 @@ func (m *weirMapsMaps) Close() error {
 		m.WeirEventsLost,
 		m.WeirFrontends,
 		m.WeirMaglev,
+		m.WeirMaglevIndex,
 		m.WeirNodeAddrs,
 		m.WeirServiceStats,
 		m.WeirServices,

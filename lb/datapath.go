@@ -150,12 +150,11 @@ func NewDatapathState() *DatapathState {
 }
 
 // MaglevBatcher is an optional extension of Datapath for datapaths whose
-// table swap has a fixed cost per call: the BPF datapath's kernel waits for
-// an RCU grace period (about 10 ms) after every write to the map of Maglev
-// tables, so 10k new tables one by one take minutes and in one batch well
-// under a second. Each table is written as by UpsertMaglev. On error some
-// tables may have their new content and others the old one (or none, for
-// a delete); repeating the call is safe.
+// table writes have a fixed cost per call: the BPF datapath maps its slab
+// of tables into memory once per batch instead of once per table. Each
+// table is written as by UpsertMaglev. On error some tables may have their
+// new content and others the old one (or none, for a delete); repeating
+// the call is safe.
 type MaglevBatcher interface {
 	UpsertMaglevs(map[TableID][]BackendID) error
 	DeleteMaglevs([]TableID) error

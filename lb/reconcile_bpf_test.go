@@ -37,14 +37,18 @@ func bpfMapsAndDatapath(tb testing.TB) (*bpf.Maps, *bpf.Datapath) {
 	return m, bpf.NewDatapath(m)
 }
 
-// innerMaps returns the inner map ID behind every table.
-func innerMaps(tb testing.TB, m *bpf.Maps) map[lb.TableID]uint32 {
+// tableRuns returns where in the slab every table is: its index word
+// (offset and size).
+func tableRuns(tb testing.TB, m *bpf.Maps) map[lb.TableID]uint64 {
 	tb.Helper()
-	out := map[lb.TableID]uint32{}
-	var key, inner uint32
-	it := m.Maglev.Iterate()
-	for it.Next(&key, &inner) {
-		out[lb.TableID(key)] = inner
+	out := map[lb.TableID]uint64{}
+	var key uint32
+	var word uint64
+	it := m.MaglevIndex.Iterate()
+	for it.Next(&key, &word) {
+		if word != 0 {
+			out[lb.TableID(key)] = word
+		}
 	}
 	if err := it.Err(); err != nil {
 		tb.Fatal(err)
@@ -53,16 +57,16 @@ func innerMaps(tb testing.TB, m *bpf.Maps) map[lb.TableID]uint32 {
 }
 
 // TestBPFChangeRewritesInPlace: a backend change rewrites the spare table
-// in place (the same inner maps stay in weir_maglev: no outer-map write,
-// no RCU grace period) and the key switches to it; a new table size needs
-// a new inner map for the generation written.
+// in place (the tables keep their runs in the slab: no index write) and
+// the key switches to it; a new table size needs a new run for the
+// generation written.
 func TestBPFChangeRewritesInPlace(t *testing.T) {
 	m, dp := bpfMapsAndDatapath(t)
 	r := newReconciler(t, dp)
 	s := genService(1, 4)
 	r.Upsert(s)
 	mustSync(t, r)
-	inner := innerMaps(t, m)
+	inner := tableRuns(t, m)
 	if len(inner) != 2 {
 		t.Fatalf("a new service has %d tables, want 2: %v", len(inner), inner)
 	}
@@ -72,8 +76,8 @@ func TestBPFChangeRewritesInPlace(t *testing.T) {
 		s.Backends[1].State = []lb.BackendState{lb.BackendTerminating, lb.BackendActive}[i%2]
 		r.Upsert(s)
 		mustSync(t, r)
-		if got := innerMaps(t, m); !maps.Equal(got, inner) {
-			t.Errorf("change %d replaced inner maps: %v, before %v", i, got, inner)
+		if got := tableRuns(t, m); !maps.Equal(got, inner) {
+			t.Errorf("change %d moved tables: %v, before %v", i, got, inner)
 		}
 		st := dumpOf(t, dp)
 		e := st.Services[key]
@@ -89,9 +93,9 @@ func TestBPFChangeRewritesInPlace(t *testing.T) {
 		}
 	}
 
-	// A new size needs a new inner map in the generation written; the
-	// next change goes into the other one, still of the old size, so it
-	// needs one too; from then on changes are in place again.
+	// A new size needs a new run in the generation written; the next
+	// change goes into the other one, still of the old size, so it needs
+	// one too; from then on changes are in place again.
 	s.Frontends[0].Scope, s.Frontends[0].Kind, s.MaglevTableSize = lb.ScopeExternal, lb.KindExternalIP, 251
 	r.Upsert(s)
 	mustSync(t, r)
@@ -99,7 +103,7 @@ func TestBPFChangeRewritesInPlace(t *testing.T) {
 	for i, size := range []uint32{1021, 1021, 1021, 1021} {
 		s.MaglevTableSize = size
 		s.Backends[1].State = []lb.BackendState{lb.BackendActive, lb.BackendTerminating}[i%2]
-		before := innerMaps(t, m)
+		before := tableRuns(t, m)
 		r.Upsert(s)
 		mustSync(t, r)
 		st := dumpOf(t, dp)
@@ -111,7 +115,7 @@ func TestBPFChangeRewritesInPlace(t *testing.T) {
 			t.Fatalf("resize step %d: key %+v, table of %d slots", i, e, len(st.Maglev[e.ServiceID.Table(e.TableGen)]))
 		}
 		id := e.ServiceID.Table(e.TableGen)
-		if swapped := innerMaps(t, m)[id] != before[id]; swapped != (i < 2) {
+		if swapped := tableRuns(t, m)[id] != before[id]; swapped != (i < 2) {
 			t.Errorf("resize step %d: table %s swapped=%v, want %v", i, id, swapped, i < 2)
 		}
 	}

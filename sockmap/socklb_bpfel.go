@@ -78,6 +78,12 @@ type sockLBFrontendValue struct {
 	PortName  [32]int8
 }
 
+type sockLBMaglevLoc struct {
+	_      structs.HostLayout
+	Offset uint32
+	Size   uint32
+}
+
 type sockLBServiceKey struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -173,6 +179,7 @@ const (
 	sockLBMapWeirEventsLost        = "weir_events_lost"
 	sockLBMapWeirFrontends         = "weir_frontends"
 	sockLBMapWeirMaglev            = "weir_maglev"
+	sockLBMapWeirMaglevIndex       = "weir_maglev_index"
 	sockLBMapWeirNodeAddrs         = "weir_node_addrs"
 	sockLBMapWeirServiceStats      = "weir_service_stats"
 	sockLBMapWeirServices          = "weir_services"
@@ -264,6 +271,7 @@ type sockLBMapSpecs struct {
 	WeirEventsLost      *ebpf.MapSpec `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.MapSpec `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.MapSpec `ebpf:"weir_maglev"`
+	WeirMaglevIndex     *ebpf.MapSpec `ebpf:"weir_maglev_index"`
 	WeirNodeAddrs       *ebpf.MapSpec `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.MapSpec `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.MapSpec `ebpf:"weir_services"`
@@ -313,6 +321,7 @@ type sockLBMaps struct {
 	WeirEventsLost      *ebpf.Map `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.Map `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.Map `ebpf:"weir_maglev"`
+	WeirMaglevIndex     *ebpf.Map `ebpf:"weir_maglev_index"`
 	WeirNodeAddrs       *ebpf.Map `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.Map `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.Map `ebpf:"weir_services"`
@@ -335,6 +344,7 @@ func (m *sockLBMaps) Close() error {
 		m.WeirEventsLost,
 		m.WeirFrontends,
 		m.WeirMaglev,
+		m.WeirMaglevIndex,
 		m.WeirNodeAddrs,
 		m.WeirServiceStats,
 		m.WeirServices,

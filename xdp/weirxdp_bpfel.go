@@ -85,6 +85,12 @@ type weirXDPFrontendValue struct {
 	PortName  [32]int8
 }
 
+type weirXDPMaglevLoc struct {
+	_      structs.HostLayout
+	Offset uint32
+	Size   uint32
+}
+
 type weirXDPServiceKey struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -176,6 +182,7 @@ const (
 	weirXDPMapWeirEventsLost      = "weir_events_lost"
 	weirXDPMapWeirFrontends       = "weir_frontends"
 	weirXDPMapWeirMaglev          = "weir_maglev"
+	weirXDPMapWeirMaglevIndex     = "weir_maglev_index"
 	weirXDPMapWeirNodeAddrs       = "weir_node_addrs"
 	weirXDPMapWeirServiceStats    = "weir_service_stats"
 	weirXDPMapWeirServices        = "weir_services"
@@ -263,6 +270,7 @@ type weirXDPMapSpecs struct {
 	WeirEventsLost      *ebpf.MapSpec `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.MapSpec `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.MapSpec `ebpf:"weir_maglev"`
+	WeirMaglevIndex     *ebpf.MapSpec `ebpf:"weir_maglev_index"`
 	WeirNodeAddrs       *ebpf.MapSpec `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.MapSpec `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.MapSpec `ebpf:"weir_services"`
@@ -324,6 +332,7 @@ type weirXDPMaps struct {
 	WeirEventsLost      *ebpf.Map `ebpf:"weir_events_lost"`
 	WeirFrontends       *ebpf.Map `ebpf:"weir_frontends"`
 	WeirMaglev          *ebpf.Map `ebpf:"weir_maglev"`
+	WeirMaglevIndex     *ebpf.Map `ebpf:"weir_maglev_index"`
 	WeirNodeAddrs       *ebpf.Map `ebpf:"weir_node_addrs"`
 	WeirServiceStats    *ebpf.Map `ebpf:"weir_service_stats"`
 	WeirServices        *ebpf.Map `ebpf:"weir_services"`
@@ -348,6 +357,7 @@ func (m *weirXDPMaps) Close() error {
 		m.WeirEventsLost,
 		m.WeirFrontends,
 		m.WeirMaglev,
+		m.WeirMaglevIndex,
 		m.WeirNodeAddrs,
 		m.WeirServiceStats,
 		m.WeirServices,

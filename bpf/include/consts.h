@@ -33,6 +33,9 @@
 #define WEIR_EVENTS_SIZE (1 << 20) /* ring buffer bytes */
 #endif
 
+/* Maglev slots per element of the slab array: a cache line each. */
+#define WEIR_MAGLEV_SLOTS_PER_ELEM 16
+
 #define WEIR_NAME_LEN 128
 #define WEIR_PORT_NAME_LEN 32
 

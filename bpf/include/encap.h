@@ -9,7 +9,7 @@
 
 #include "common.h"
 #include "csum.h"
-#include "maglev.h"
+#include "hash.h"
 #include "maps.h"
 #include "parse.h"
 #include "xdp_config.h"

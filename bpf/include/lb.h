@@ -13,6 +13,7 @@
 #include "encap.h"
 #include "fib.h"
 #include "icmp.h"
+#include "hash.h"
 #include "maglev.h"
 #include "maps.h"
 #include "nat.h"

@@ -26,34 +26,46 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_backends SEC(".maps");
 
-/* (service ID << 1 | generation) -> Maglev table (array of backend IDs).
- * Every service has two tables: the live one, named by the table_gen of
- * its service entries, and a spare. The agent writes a new table into the
- * spare (in place when the size is unchanged), then flips table_gen in the
- * entries. Writing an element of this map makes the kernel wait for an RCU
- * grace period (~10 ms) so that no program still reads the old inner map;
- * rewriting an unreferenced spare in place and flipping a plain hash entry
- * waits for nothing. Inner maps differ in size per service
- * (BPF_F_INNER_MAP); a new size needs a new inner map and one update here.
- * BPF_F_MMAPABLE lets the agent fill a table with one memcpy: 100x faster
- * than element updates for 16381 slots. */
-struct weir_maglev_inner {
+/* Maglev tables. Every table of every service lives in one array of
+ * slots, the slab: weir_maglev's only element. A table is a run of
+ * consecutive slots, found through weir_maglev_index by its lb.TableID
+ * (service ID << 1 | generation): its first slot and its size, one 64-bit
+ * word that the agent stores atomically and programs read once, so a
+ * packet sees a whole old table or a whole new one. Every service has two
+ * tables: the live one, named by the table_gen of its service entries, and
+ * a spare the agent rewrites in place and then switches the entries to.
+ *
+ * Compared with an inner map per table, a first sync of 10k services
+ * creates no maps and makes no syscall per table: the agent fills the
+ * slab through one memory mapping (BPF_F_MMAPABLE). The slab grows by
+ * replacing weir_maglev's element with a larger copy (one RCU grace
+ * period); regions a table left are reused only after a grace period. */
+struct weir_maglev_slab {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u32[WEIR_MAGLEV_SLOTS_PER_ELEM]);
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__uint(max_entries, 2 * WEIR_MAX_SERVICES); /* two generations each */
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct weir_maglev_inner);
+	__array(values, struct weir_maglev_slab);
 } weir_maglev SEC(".maps");
 
-/* The weir_maglev key of the table a service entry uses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * WEIR_MAX_SERVICES + 2); /* two per service ID, from 1 */
+	__type(key, __u32);
+	__type(value, struct maglev_loc);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_maglev_index SEC(".maps");
+
+/* The weir_maglev_index key of the table a service entry uses. */
 static __always_inline __u32 weir_table_key(const struct service_value *svc)
 {
 	return (svc->service_id << 1) | (svc->table_gen & 1);

@@ -11,7 +11,7 @@
 
 #include "common.h"
 #include "csum.h"
-#include "maglev.h"
+#include "hash.h"
 #include "maps.h"
 #include "parse.h"
 #include "xdp_config.h"

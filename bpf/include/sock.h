@@ -7,6 +7,7 @@
 #define WEIR_SOCK_H
 
 #include "common.h"
+#include "maglev.h"
 #include "maps.h"
 
 /* Errors the hooks hand to the caller through bpf_set_retval (negated).
@@ -151,20 +152,7 @@ static __always_inline __u32 sock_affinity_lookup(const struct affinity_key *ak,
  * a uniform slot is a weighted backend choice. */
 static __always_inline __u32 sock_table_pick(const struct service_value *svc)
 {
-	/* Table and size are read once each: they change together. */
-	__u32 key = weir_table_key(svc);
-	__u32 size = svc->table_size;
-	__u32 slot, *id;
-	void *table;
-
-	if (!size)
-		return 0;
-	table = bpf_map_lookup_elem(&weir_maglev, &key);
-	if (!table)
-		return 0;
-	slot = bpf_get_prandom_u32() % size;
-	id = bpf_map_lookup_elem(table, &slot);
-	return id ? *id : 0;
+	return maglev_pick(svc, bpf_get_prandom_u32());
 }
 
 /* Chooses a backend for a new connection (or datagram). client is the

@@ -28,6 +28,13 @@ struct service_value {
 	__u8 table_gen;
 };
 
+/* Where a Maglev table is in the slab (weir_maglev_index): size slots
+ * from slot offset. Size 0: no table. */
+struct maglev_loc {
+	__u32 offset;
+	__u32 size;
+};
+
 struct backend_value {
 	__u8 addr[16];
 	__u8 tunnel[16]; /* outer destination for DSR */

@@ -31,6 +31,7 @@ type mapCollector struct {
 	drops, dropBytes, eventsLost             *prometheus.Desc
 	ctEntries, ctCapacity, ctServiceEntries  *prometheus.Desc
 	entries, capacity                        *prometheus.Desc
+	slabSlots, slabUsed                      *prometheus.Desc
 	readErrors, scrapeDuration               *prometheus.Desc
 
 	// streamCounters leaves the per-service and per-backend series out
@@ -74,6 +75,8 @@ func newMapCollector(m *bpf.Maps) *mapCollector {
 		ctServiceEntries: d("weir_conntrack_service_entries", "Connection-tracking entries per service.", "service"),
 		entries:          d("weir_map_entries", "Entries in each BPF hash, LRU, trie and map-of-maps (arrays are always full: see weir_map_capacity).", "map"),
 		capacity:         d("weir_map_capacity", "Capacity (max entries) of each BPF map.", "map"),
+		slabSlots:        d("weir_maglev_slab_slots", "Slots in the array that holds every Maglev table (it grows when the tables need more)."),
+		slabUsed:         d("weir_maglev_slab_used_slots", "Slots of the Maglev slab that tables take."),
 		readErrors:       d("weir_map_read_errors", "1 for each map that could not be read during this scrape.", "map"),
 		scrapeDuration:   d("weir_map_scrape_duration_seconds", "Time this scrape spent reading the BPF maps."),
 	}
@@ -81,7 +84,7 @@ func newMapCollector(m *bpf.Maps) *mapCollector {
 
 func (c *mapCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.svcPackets, c.svcBytes, c.bePackets, c.beBytes, c.drops, c.dropBytes, c.eventsLost,
-		c.ctEntries, c.ctCapacity, c.ctServiceEntries, c.entries, c.capacity, c.readErrors, c.scrapeDuration} {
+		c.ctEntries, c.ctCapacity, c.ctServiceEntries, c.entries, c.capacity, c.slabSlots, c.slabUsed, c.readErrors, c.scrapeDuration} {
 		ch <- d
 	}
 }
@@ -167,6 +170,17 @@ func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if info.MaxEntries > 0 && m.Type() != ebpf.RingBuf {
 			gauge(c.capacity, float64(info.MaxEntries), name)
+		}
+		if name == "weir_maglev_index" {
+			u, err := c.maps.MaglevUsage()
+			if err != nil {
+				failed[name] = true
+				continue
+			}
+			gauge(c.entries, float64(u.Tables), name)
+			gauge(c.slabSlots, float64(u.Slots))
+			gauge(c.slabUsed, float64(u.UsedSlots))
+			continue
 		}
 		if !countable(m.Type()) {
 			continue

@@ -148,6 +148,11 @@ func TestMapCollector(t *testing.T) {
 	web4 := obsService(t, m, 1, "ns/web", "http", lb.ScopeExternal, "10.0.0.1", "10.1.0.1:8080", "10.1.0.2:8080")
 	web6 := obsService(t, m, 2, "ns/web", "http", lb.ScopeExternal, "fd00::1", "[fd00:1::1]:8080")
 	obsService(t, m, 3, "ns/web", "http", lb.ScopeInternal, "10.96.0.1", "10.1.0.1:8080")
+	table := make([]lb.BackendID, 251)
+	for i := range table {
+		table[i] = web4[i%2]
+	}
+	obsMust(t, bpf.NewDatapath(m).UpsertMaglev(lb.ServiceID(1).Table(0), table))
 	setPerCPU(t, m.ServiceStats, 1, 10, 1000)
 	setPerCPU(t, m.ServiceStats, 2, 5, 700)
 	setPerCPU(t, m.ServiceStats, 3, 3, 0)
@@ -183,6 +188,9 @@ func TestMapCollector(t *testing.T) {
 		`weir_map_entries{map="weir_backends"}`:                                                         4,
 		`weir_map_entries{map="weir_source_ranges"}`:                                                    0,
 		`weir_map_capacity{map="weir_drops"}`:                                                           float64(bpf.ReasonMax),
+		`weir_map_entries{map="weir_maglev_index"}`:                                                     1,
+		`weir_maglev_slab_used_slots`:                                                                   251,
+		`weir_maglev_slab_slots`:                                                                        65536,
 	})
 	for series := range got {
 		if strings.HasPrefix(series, "weir_map_read_errors") {
