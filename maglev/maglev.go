@@ -71,6 +71,15 @@ func BuildInto(dst []uint32, backends []Backend) error {
 	if err != nil {
 		return err
 	}
+	if len(s.members) == 1 {
+		// Every slot is the one backend's: no permutation to walk. A
+		// service with a single endpoint is common enough to matter.
+		id := s.members[0].id
+		for i := range dst {
+			dst[i] = id
+		}
+		return nil
+	}
 	s.fill(dst, maxRate)
 	return nil
 }
