@@ -20,8 +20,8 @@
 // names the one its packets use (TableGen, beside TableSize). UpsertMaglev
 // swaps a new or resized table in atomically and may rewrite a table of
 // the same size in place, so it is only ever called for a table no key
-// uses. A datapath whose table swap has a fixed cost (the BPF one waits
-// for an RCU grace period) also implements MaglevBatcher; the reconciler
+// uses. A datapath whose table writes have a fixed cost per call (the BPF
+// one maps its slab of tables) also implements MaglevBatcher; the reconciler
 // then writes a Sync's tables in batches. A datapath that writes many
 // entries for less than one call each implements EntryBatcher; a large
 // Sync then writes its backends, frontends and keys in batches, and after
@@ -58,10 +58,10 @@
 //     source ranges and backends; then stale tables. No write ever makes
 //     a reachable entry refer to a missing one.
 //   - Double-buffered tables: a view's new table goes into the generation
-//     no key uses (in place when its size is unchanged, which costs the
-//     BPF datapath no RCU grace period), then each key switches table and
-//     size in one write, so a packet never sees a mix of two tables nor a
-//     size that doesn't fit its table, whether the table grows or shrinks.
+//     no key uses (in place when its size is unchanged), then each key
+//     switches table and size in one write, so a packet never sees a mix
+//     of two tables nor a size that doesn't fit its table, whether the
+//     table grows or shrinks.
 //     A new view gets the same table in both generations, so its first
 //     change is already in place. If a failure left keys on both
 //     generations, they move to the live one before the other is written.

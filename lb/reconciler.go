@@ -72,9 +72,8 @@ type SyncResult struct {
 	Pruned int
 	// Writes counts datapath upserts and deletes that succeeded.
 	Writes int
-	// Again asks for another Sync soon: a large round left the spare
-	// Maglev table generations to it (see writeTables), or retired
-	// backends wait for it to be deleted (see retire).
+	// Again asks for another Sync soon: retired backends wait for it to
+	// be deleted (see retire).
 	Again bool
 }
 
@@ -103,10 +102,6 @@ type Reconciler struct {
 	feIDs    idAllocator
 	beIDs    idAllocator
 	slots    []uint32 // scratch for building tables
-	// deferred are the tables of the last Sync whose spare generations
-	// wait for the next one (see writeTables); deferredSlots counts them.
-	deferred      map[*viewState]builtTable
-	deferredSlots int
 	// retired are backends no table names any more, deleted by the next
 	// Sync (see retire); retiredOf counts them by service ID, and
 	// heldSvcIDs are IDs of gone views released once theirs are deleted.

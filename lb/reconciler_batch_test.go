@@ -2,7 +2,6 @@ package lb_test
 
 import (
 	"errors"
-	"slices"
 	"strings"
 	"testing"
 
@@ -197,34 +196,4 @@ func flatten(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
-}
-
-// TestDeferredSparesReuseTables: a large round keeps the tables whose
-// spare generations it deferred, and the follow-up Sync writes them as
-// the spares: both generations of every view hold the same table.
-func TestDeferredSparesReuseTables(t *testing.T) {
-	fake := lbtest.NewFake()
-	fake.CheckEveryWrite(true)
-	r := newReconciler(t, fake)
-	r.Replace(genServices(batchRound, 3))
-	if res := mustSync(t, r); !res.Again {
-		t.Fatal("a large round did not defer its spares")
-	}
-	if n := r.DeferredTables(); n != batchRound {
-		t.Errorf("kept %d tables for the spares, want %d", n, batchRound)
-	}
-	if res := mustSync(t, r); res.Again {
-		t.Error("the follow-up Sync asked for another")
-	}
-	if n := r.DeferredTables(); n != 0 {
-		t.Errorf("still keeping %d tables after the spares were written", n)
-	}
-	st, _ := fake.Dump()
-	for k, e := range st.Services {
-		live, spare := st.Maglev[e.ServiceID.Table(e.TableGen)], st.Maglev[e.ServiceID.Table(1-e.TableGen)]
-		if len(live) == 0 || !slices.Equal(live, spare) {
-			t.Fatalf("key %v: the spare table differs from the live one", k)
-		}
-	}
-	checkFake(t, fake)
 }

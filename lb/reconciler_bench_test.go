@@ -42,7 +42,6 @@ func genServices(n, backends int) []*lb.Service {
 func benchFull(b *testing.B, fresh func(testing.TB) lb.Datapath, n, backends int) {
 	all := genServices(n, backends)
 	writes := 0
-	var spares time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		dp := fresh(b)
@@ -55,15 +54,9 @@ func benchFull(b *testing.B, fresh func(testing.TB) lb.Datapath, n, backends int
 		if len(res.Updated) != n {
 			b.Fatalf("updated %d services, want %d", len(res.Updated), n)
 		}
-		// Every service serves now; the follow-up Sync that writes the
-		// spare table generations is reported on its own.
-		start := time.Now()
-		settle(b, r)
-		spares += time.Since(start)
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(writes), "writes/op")
-	b.ReportMetric(float64(spares.Nanoseconds())/float64(b.N), "spares-ns/op")
 }
 
 // benchChange syncs n services of 10 backends, then per iteration flips

@@ -14,7 +14,6 @@ type syncRun struct {
 	pending map[ServiceName]bool // in the queue, not processed yet
 	errs    map[ServiceName]*ServiceError
 	updated map[ServiceName]bool
-	spares  []ServiceName // their spare table generations wait for the next Sync
 }
 
 // enqueue adds a service to this Sync's work unless it is already waiting
@@ -94,21 +93,15 @@ func (r *Reconciler) Sync() (SyncResult, error) {
 		// The backends stay retired, so the next Sync retries the deletes.
 		errs = append(errs, retiredErr)
 	}
-	if len(retry) > 0 || len(run.spares) > 0 {
+	if len(retry) > 0 {
 		r.mu.Lock()
 		for _, name := range retry {
 			r.dirty[name] = struct{}{}
 		}
-		for _, name := range run.spares {
-			if _, ok := r.desired[name]; ok {
-				r.dirty[name] = struct{}{}
-			}
-		}
 		r.mu.Unlock()
-		run.res.Again = len(run.spares) > 0
 	}
 	// Retired backends wait for the next Sync to delete them.
-	run.res.Again = run.res.Again || len(r.retired) > 0
+	run.res.Again = len(r.retired) > 0
 	run.res.Updated = slices.SortedFunc(maps.Keys(run.updated), compareName)
 	slices.SortFunc(run.res.Deleted, compareName)
 	return run.res, errors.Join(errs...)

@@ -18,17 +18,17 @@ import (
 //
 // Because no key uses the generation written, the datapath may rewrite it
 // in place when its size is unchanged. For the BPF datapath that avoids
-// swapping an inner map, whose RCU grace period (~10 ms) used to dominate
-// a one-backend change; the switch is a plain hash-map update. A view's
-// first table is written to both generations in the same batch (one grace
-// period for both), so that its first change is already in place.
+// moving the table to a new run of its slab (and, when the slab is full,
+// an RCU grace period of ~10 ms); the switch is a plain hash-map update. A
+// view's first table is written to both generations in the same batch, so
+// that its first change is already in place.
 //
 // What the switch doesn't wait for: a program that read a key just before
 // it may still read the old table for the microseconds it runs. That
 // table is rewritten in place only by a later Sync (the runner keeps them
 // apart), but the backends only it names are deleted later in the same
 // Sync; such a program would find its backend gone and reject that one
-// new flow. A swap's grace period used to rule this out; the window is a
+// new flow. A grace period per swap would rule this out; the window is a
 // program's run time (XDP runs with preemption off; a socket hook might be
 // preempted), normally far shorter than the writes in between.
 //
@@ -41,10 +41,6 @@ import (
 // (16 MiB of backend IDs), so a full sync of many large tables doesn't
 // hold all of them in memory at once.
 const maxBatchSlots = 1 << 22
-
-// deferSparesAt is the round size from which spare table generations are
-// written by the next Sync instead of this one.
-const deferSparesAt = 256
 
 // tableWrite is a view whose table may need writing.
 type tableWrite struct {
@@ -68,19 +64,9 @@ type tableWrite struct {
 func (r *Reconciler) writeTables(jobs []*job) {
 	var pending []*tableWrite
 	slots := 0
-	// A large round (a start, a resync after an outage) serves traffic
-	// sooner without the spare generations: each costs an inner map, about
-	// as much as the live one. They follow in the next Sync (SyncResult.Again);
-	// until then a service's first change pays one RCU wait.
-	deferSpares := len(jobs) >= deferSparesAt
-	// The tables a previous large round built for views whose spares it
-	// deferred: the spares are copies of them, so this round needn't
-	// build them again.
-	built := r.deferred
-	r.deferred, r.deferredSlots = nil, 0
 	flush := func() {
 		r.buildTables(pending)
-		r.flushTables(pending, deferSpares)
+		r.flushTables(pending)
 		pending, slots = nil, 0
 	}
 	for _, j := range jobs {
@@ -98,9 +84,6 @@ func (r *Reconciler) writeTables(jobs []*job) {
 				continue
 			}
 			tw := &tableWrite{j: j, vs: vs, size: fv.tableSize, usable: fv.usable, input: input}
-			if b, ok := built[vs]; ok && t.ok && t.inputKnown && t.input == input && t.size == fv.tableSize && t.hash == b.hash {
-				tw.slots, tw.owned, tw.hash = b.slots, true, b.hash
-			}
 			pending = append(pending, tw)
 			// Bound the memory of the tables built and not yet written.
 			if slots += int(fv.tableSize); slots >= maxBatchSlots {
@@ -126,25 +109,6 @@ func (r *Reconciler) buildTables(pending []*tableWrite) {
 			tw.owned = true
 		}
 	})
-}
-
-// builtTable is a table a round built and wrote to one generation only.
-type builtTable struct {
-	slots []uint32
-	hash  uint64
-}
-
-// keepForSpare keeps a table whose spare generation was deferred for the
-// next Sync, within maxBatchSlots in all.
-func (r *Reconciler) keepForSpare(tw *tableWrite) {
-	if !tw.owned || r.deferredSlots+len(tw.slots) > maxBatchSlots {
-		return
-	}
-	if r.deferred == nil {
-		r.deferred = map[*viewState]builtTable{}
-	}
-	r.deferred[tw.vs] = builtTable{slots: tw.slots, hash: tw.hash}
-	r.deferredSlots += len(tw.slots)
 }
 
 // build fills slots with the view's table and hashes it. The Maglev keys
@@ -180,7 +144,7 @@ func (r *Reconciler) scratchSlots(n uint32) []uint32 {
 // missing or unknown is filled with the same table, when no key uses it.
 // Until a write is confirmed its table is unknown, so a failure leaves it
 // to be rewritten; the keys switch only to a table written.
-func (r *Reconciler) flushTables(pending []*tableWrite, deferSpares bool) {
+func (r *Reconciler) flushTables(pending []*tableWrite) {
 	tables := make(map[TableID][]BackendID, 2*len(pending))
 	var written []*tableWrite
 	for _, tw := range pending {
@@ -207,11 +171,6 @@ func (r *Reconciler) flushTables(pending []*tableWrite, deferSpares bool) {
 		for _, g := range []uint8{1 - vs.active, vs.active} {
 			t := vs.tables[g]
 			if !t.ok && !(used[g] && t.present) && !slices.Contains(tw.gens, g) {
-				if deferSpares && len(tw.gens) > 0 {
-					w.run.spares = append(w.run.spares, w.st.name)
-					r.keepForSpare(tw)
-					continue
-				}
 				tw.gens = append(tw.gens, g)
 			}
 		}

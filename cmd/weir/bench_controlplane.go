@@ -34,9 +34,10 @@ type ControlPlaneResult struct {
 	Backends int `json:"backends"`
 	// FullProgramSeconds is Replace + Sync of every service into empty
 	// maps (every service serves from then on); FullWrites the map
-	// writes it made. SparesSeconds is the follow-up Syncs the
-	// reconciler asks for (SyncResult.Again) to write the spare Maglev
-	// table generations that later changes go into.
+	// writes it made, both Maglev table generations of every service
+	// included. SparesSeconds is the follow-up Syncs the reconciler asks
+	// for (SyncResult.Again), if any: the spare generations used to be
+	// left to one, and are now written by the full program.
 	FullProgramSeconds float64 `json:"full_program_seconds"`
 	FullWrites         int     `json:"full_writes"`
 	SparesSeconds      float64 `json:"spares_seconds"`
@@ -209,7 +210,7 @@ func controlPlaneRun(ctx context.Context, n, m, changes int, prof *cpuProfile, h
 			return res, errors.New("the reconciler still asks for another sync after 100")
 		}
 		if sr, err = r.Sync(); err != nil {
-			return res, fmt.Errorf("write the spare tables: %w", err)
+			return res, fmt.Errorf("follow-up sync: %w", err)
 		}
 	}
 	res.SparesSeconds = time.Since(start).Seconds()
