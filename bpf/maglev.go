@@ -403,11 +403,13 @@ func (s *tableSlab) release() {
 	s.quarantine = nil
 }
 
-// grow replaces the slab with one at least need slots larger (and at
-// least twice the size), holding a copy of every run, and frees the
-// quarantine: the swap waits for a grace period.
+// grow replaces the slab with a larger one holding a copy of every run,
+// and frees the quarantine: the swap waits for a grace period. The new
+// slab has room for need more slots and half as much again, and is at
+// least twice as large, so that the tables of services added one by one
+// after a start don't each pay for a copy.
 func (s *tableSlab) grow(d *Datapath, need uint64) error {
-	size := max(2*s.slots, s.slots+need, minSlabSlots)
+	size := max(2*s.slots, (s.slots+need)*3/2, minSlabSlots)
 	size = (size + slabGrain - 1) / slabGrain * slabGrain
 	if size > maxSlabSlots {
 		if s.slots+need > maxSlabSlots {
