@@ -3,6 +3,7 @@ package xdp
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -199,6 +200,44 @@ func TestMaglevSpread(t *testing.T) {
 	}
 	if n[f.tunA] < 60 || n[f.tunB] < 60 {
 		t.Errorf("200 flows over two backends: %v", n)
+	}
+}
+
+// TestMaglevTableMoves: new flows follow a table that moves to another
+// run of the slab (a new size, other tables written in between, the slab
+// grown), and a service whose table is deleted rejects new flows.
+func TestMaglevTableMoves(t *testing.T) {
+	e := newEnv(t, Config{})
+	f := families[0]
+	s := dsrService(f, protoTCP)
+	s.Table = []lb.BackendID{1}
+	e.addService(t, s)
+	sport := uint16(40000)
+	newFlowsGo := func(want netip.Addr, step string) {
+		t.Helper()
+		for range 5 {
+			sport++
+			if got := e.backendOf(t, clientFlow(f, protoTCP, sport)); got != want {
+				t.Fatalf("%s: a new flow went to %s, want %s", step, got, want)
+			}
+		}
+	}
+	newFlowsGo(f.tunA, "first table")
+	// Fill the slab past its first size with other tables, so the move
+	// below lands in a grown slab.
+	others := map[lb.TableID][]lb.BackendID{}
+	for i := range 40 {
+		others[lb.ServiceID(100+i).Table(0)] = slices.Repeat([]lb.BackendID{1}, 4093)
+	}
+	must(t, e.dp.UpsertMaglevs(others))
+	must(t, e.dp.UpsertMaglev(s.ID.Table(0), slices.Repeat([]lb.BackendID{2}, 7)))
+	newFlowsGo(f.tunB, "moved table")
+	must(t, e.dp.DeleteMaglev(s.ID.Table(0)))
+	sport++
+	v, out := e.run(t, packet(clientFlow(f, protoTCP, sport), pktOpts{TCPFlags: tcpACK}))
+	wantVerdict(t, v, xdpTX)
+	if th := out[len(out)-20:]; th[13]&tcpRST == 0 {
+		t.Errorf("a new flow to a service without a table got %#x, want a RST", th[13])
 	}
 }
 
