@@ -9,7 +9,7 @@ GOTEST_FLAGS ?= -count=1 -timeout 40m -p 1
 BENCH ?= .
 export CGO_ENABLED ?= 0
 
-.PHONY: all build generate generate-check test bench demo lint deps bpffs clean k8s-binaries
+.PHONY: all build generate generate-check test bench bench-floor demo lint deps bpffs clean k8s-binaries
 
 all: build
 
@@ -64,6 +64,22 @@ demo: deps build
 lint:
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# The floor programs (xdp/xdpbench/floor): the least any L4 load balancer
+# does per packet, measured in the same harness as Weir (docs/BENCHMARKS.md,
+# "The floor"). FLOOR_FLAGS narrows the run, e.g. --proto udp --runs 3.
+FLOOR_FLAGS ?= --services 1 --ip 4 --proto udp,tcp
+bench-floor: build
+	@mkdir -p bin/floor
+	@for p in floor_array floor_lookup floor_encap; do \
+		$(CLANG) -O2 -g -Wall -Werror -mcpu=v3 -target bpf -I/usr/include/x86_64-linux-gnu \
+			-c xdp/xdpbench/floor/$$p.c -o bin/floor/$$p.o || exit 1; \
+	done
+	./bin/weir bench xdp --scenarios noop,established,new-flow $(FLOOR_FLAGS)
+	@for p in floor_array floor_lookup floor_lookup_full floor_encap floor_encap_full; do \
+		o=$${p%_full}; \
+		./bin/weir bench xdp --object bin/floor/$$o.o --program $$p --scenarios noop,established,new-flow $(FLOOR_FLAGS) || exit 1; \
+	done
 
 clean:
 	rm -rf bin
