@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -75,6 +76,11 @@ type tableSlab struct {
 	free   []extent // sorted, coalesced
 	// quarantine holds runs a table left since the last grace period.
 	quarantine []extent
+	// swapDone reports the end of the last write that swapped a slab in,
+	// which the kernel returns from after a grace period; swapFree are
+	// the runs quarantined before it, free from then on.
+	swapDone <-chan error
+	swapFree []extent
 }
 
 // UpsertMaglev writes a Maglev table: in place when the table exists with
@@ -272,7 +278,7 @@ func (s *tableSlab) reset(m *Maps) {
 		_ = s.grace(m)
 	}
 	s.closeSlab()
-	s.loaded, s.locs, s.free, s.quarantine = false, nil, nil, nil
+	s.loaded, s.locs, s.free, s.quarantine, s.swapFree = false, nil, nil, nil, nil
 }
 
 func (s *tableSlab) closeSlab() {
@@ -365,6 +371,8 @@ func (s *tableSlab) alloc(d *Datapath, size uint32, need uint64) (tableLoc, erro
 			return loc, nil
 		}
 		switch {
+		case attempt == 0 && len(s.swapFree) > 0:
+			s.settle()
 		case attempt == 0 && len(s.quarantine) > 0 && s.slab != nil:
 			if err := s.grace(d.maps); err != nil {
 				return tableLoc{}, err
@@ -388,6 +396,7 @@ func (s *tableSlab) retire(loc tableLoc) {
 // writing weir_maglev's element again (the kernel waits for an RCU grace
 // period after a write to a map of maps), and frees those runs.
 func (s *tableSlab) grace(m *Maps) error {
+	s.settle()
 	var zero uint32
 	if err := m.Maglev.Update(unsafe.Pointer(&zero), s.slab, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("wait for readers of the Maglev slab: write map weir_maglev: %w", err)
@@ -429,8 +438,9 @@ func (s *tableSlab) grow(d *Datapath, need uint64) error {
 			return fmt.Errorf("copy the Maglev slab: %w", err)
 		}
 	}
-	var zero uint32
-	if err := d.maps.Maglev.Update(unsafe.Pointer(&zero), slab, ebpf.UpdateAny); err != nil {
+	s.settle()
+	done, err := swapIn(d.maps.Maglev, slab)
+	if err != nil {
 		slab.Close()
 		return writeError("maglev slab", "weir_maglev", d.maps.Maglev, err)
 	}
@@ -438,8 +448,62 @@ func (s *tableSlab) grow(d *Datapath, need uint64) error {
 	s.closeSlab()
 	s.free = addExtent(s.free, extent{old, size})
 	s.slab, s.slots = slab, size
-	s.release()
+	s.swapDone, s.swapFree, s.quarantine = done, s.quarantine, nil
 	return nil
+}
+
+// swapIn makes slab weir_maglev's element. The kernel makes the write
+// wait for an RCU grace period (8-16 ms here) before it returns, but
+// programs read the new slab as soon as it is stored: so the write runs
+// on a goroutine of its own, and swapIn returns once a lookup sees the
+// slab, with a channel that reports the write's end.
+func swapIn(outer, slab *ebpf.Map) (<-chan error, error) {
+	info, err := slab.Info()
+	if err != nil {
+		return nil, err
+	}
+	id, ok := info.ID()
+	if !ok {
+		return nil, errors.New("the kernel does not report map IDs")
+	}
+	done := make(chan error, 1)
+	go func() {
+		var zero uint32
+		done <- outer.Update(unsafe.Pointer(&zero), slab, ebpf.UpdateAny)
+	}()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				return nil, err
+			}
+			ended := make(chan error, 1)
+			ended <- nil
+			return ended, nil
+		default:
+		}
+		var zero, cur uint32
+		if outer.Lookup(unsafe.Pointer(&zero), unsafe.Pointer(&cur)) == nil && ebpf.MapID(cur) == id {
+			return done, nil
+		}
+		runtime.Gosched()
+	}
+}
+
+// settle waits for the last swap's grace period and frees the runs that
+// waited for it.
+func (s *tableSlab) settle() {
+	if s.swapDone == nil {
+		return
+	}
+	// An error here would be the kernel's after it stored the slab: the
+	// wait is what matters, and it is over either way.
+	<-s.swapDone
+	s.swapDone = nil
+	for _, e := range s.swapFree {
+		s.free = addExtent(s.free, e)
+	}
+	s.swapFree = nil
 }
 
 func copySlab(dst, src *ebpf.Map, slots uint64) error {

@@ -199,6 +199,7 @@ func (m *Maps) Close() error {
 	var errs []error
 	if m.tables != nil {
 		m.tables.mu.Lock()
+		m.tables.settle()
 		m.tables.closeSlab()
 		m.tables.loaded = false
 		m.tables.mu.Unlock()

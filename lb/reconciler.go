@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/weir-lb/weir/maglev"
@@ -265,8 +265,19 @@ func (r *Reconciler) Services() []*Service {
 	return out
 }
 
+// compareName orders names by namespace, name, port, then IPv6 last. It
+// stops at the first field that differs: a Sync sorts every name twice.
 func compareName(a, b ServiceName) int {
-	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Port, b.Port), compareBool(a.IPv6, b.IPv6))
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Name, b.Name); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Port, b.Port); c != 0 {
+		return c
+	}
+	return compareBool(a.IPv6, b.IPv6)
 }
 
 func compareBool(a, b bool) int {

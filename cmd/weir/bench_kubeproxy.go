@@ -34,9 +34,10 @@ type KubeProxyResult struct {
 	// in the API, to the end of the sync that programmed them all (the
 	// proxy's own kubeproxy_sync_proxy_rules_last_timestamp_seconds).
 	// SyncSeconds: the time spent in syncs until then, by the proxy's
-	// kubeproxy_sync_proxy_rules_duration_seconds.
+	// kubeproxy_sync_proxy_rules_duration_seconds; Syncs how many.
 	ProgramSeconds float64 `json:"program_seconds"`
 	SyncSeconds    float64 `json:"sync_seconds"`
+	Syncs          int     `json:"syncs"`
 	// ChangeSeconds: from writing one EndpointSlice change to the API to
 	// the end of the sync that programmed it.
 	ChangeSeconds float64 `json:"change_seconds"`
@@ -222,6 +223,8 @@ func (e *kpEnv) runProxy(name string, n int, o kpOptions) (r KubeProxyResult, er
 			tb.Fatal(err)
 		}
 		r.SyncSeconds, _ = m.get("kubeproxy_sync_proxy_rules_duration_seconds_sum")
+		syncs, _ := m.get("kubeproxy_sync_proxy_rules_duration_seconds_count")
+		r.Syncs = int(syncs)
 
 		// One change, after the proxies' minimum sync period (kube-proxy:
 		// 1s) has passed since their last sync.
