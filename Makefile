@@ -67,7 +67,9 @@ lint:
 
 # The floor programs (xdp/xdpbench/floor): the least any L4 load balancer
 # does per packet, measured in the same harness as Weir (docs/BENCHMARKS.md,
-# "The floor"). FLOOR_FLAGS narrows the run, e.g. --proto udp --runs 3.
+# "The floor"). FLOOR_FLAGS narrows the run, e.g. --proto udp --runs 3;
+# live: FLOOR_SCENARIOS=xdp-tx,established,new-flow FLOOR_FLAGS='--mode live --ip 4 --proto udp'.
+FLOOR_SCENARIOS ?= noop,established,new-flow
 FLOOR_FLAGS ?= --services 1 --ip 4 --proto udp,tcp
 bench-floor: build
 	@mkdir -p bin/floor
@@ -75,10 +77,10 @@ bench-floor: build
 		$(CLANG) -O2 -g -Wall -Werror -mcpu=v3 -target bpf -I/usr/include/x86_64-linux-gnu \
 			-c xdp/xdpbench/floor/$$p.c -o bin/floor/$$p.o || exit 1; \
 	done
-	./bin/weir bench xdp --scenarios noop,established,new-flow $(FLOOR_FLAGS)
+	./bin/weir bench xdp --scenarios $(FLOOR_SCENARIOS) $(FLOOR_FLAGS)
 	@for p in floor_array floor_lookup floor_lookup_full floor_encap floor_encap_full; do \
 		o=$${p%_full}; \
-		./bin/weir bench xdp --object bin/floor/$$o.o --program $$p --scenarios noop,established,new-flow $(FLOOR_FLAGS) || exit 1; \
+		./bin/weir bench xdp --object bin/floor/$$o.o --program $$p --scenarios $(FLOOR_SCENARIOS) $(FLOOR_FLAGS) || exit 1; \
 	done
 
 clean:
