@@ -141,8 +141,8 @@ func (d *Datapath) writeTables(ids []lb.TableID, tables [][]lb.BackendID) error 
 		if err := checkTable(id, tables[i]); err != nil {
 			return err
 		}
-		if max := d.maps.MaglevIndex.MaxEntries(); uint32(id) >= max {
-			return fmt.Errorf("maglev table %s: %w", id, &MapFullError{Map: "weir_maglev_index", MaxEntries: max, Flag: sizeFlag("weir_maglev_index")})
+		if limit := d.maps.MaglevIndex.MaxEntries(); uint32(id) >= limit {
+			return fmt.Errorf("maglev table %s: %w", id, &MapFullError{Map: "weir_maglev_index", MaxEntries: limit, Flag: sizeFlag("weir_maglev_index")})
 		}
 	}
 	s := d.maps.tables
@@ -605,8 +605,24 @@ func mapRange(m *ebpf.Map, from, to uint64, write bool) ([]byte, int, error) {
 	return mem, int(from - start), nil
 }
 
-// readTables reads the tables the index names from the slab.
+// readTables reads the tables the index names from the slab. A slab
+// grown between reading the index and opening the slab (an agent writing
+// while this reads) is read again.
 func readTables(m *Maps) (map[lb.TableID][]lb.BackendID, error) {
+	const attempts = 3
+	var err error
+	for range attempts {
+		var out map[lb.TableID][]lb.BackendID
+		if out, err = readTablesOnce(m); !errors.Is(err, errSlabGrew) {
+			return out, err
+		}
+	}
+	return nil, err
+}
+
+var errSlabGrew = errors.New("the index names slots beyond the slab")
+
+func readTablesOnce(m *Maps) (map[lb.TableID][]lb.BackendID, error) {
 	out := map[lb.TableID][]lb.BackendID{}
 	var locs []tableLoc
 	var ids []lb.TableID
@@ -632,7 +648,7 @@ func readTables(m *Maps) (map[lb.TableID][]lb.BackendID, error) {
 		end = max(end, extentOf(l).end)
 	}
 	if limit := uint64(slab.MaxEntries()) * slotsPerElem; end > limit {
-		return nil, fmt.Errorf("map weir_maglev_index names slots up to %d, beyond the slab's %d", end, limit)
+		return nil, fmt.Errorf("map weir_maglev_index names slots up to %d, beyond the slab's %d: %w", end, limit, errSlabGrew)
 	}
 	mem, at, err := mapRange(slab, 0, end*slotSize, false)
 	if err != nil {
