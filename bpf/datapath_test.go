@@ -251,8 +251,8 @@ func TestDatapathMaglevBatch(t *testing.T) {
 		t.Errorf("dumped %d tables, want the %d written", len(got), len(tables))
 	}
 
-	// Delete half, plus IDs that have no table.
-	var del []lb.TableID
+	// Delete half, plus IDs that have no table, one beyond the index.
+	del := []lb.TableID{1 << 30}
 	for id := lb.TableID(2); id < 302; id++ {
 		del = append(del, id, id+10000)
 		delete(tables, id)

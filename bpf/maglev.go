@@ -72,7 +72,7 @@ type tableSlab struct {
 	loaded bool
 	slab   *ebpf.Map // nil until the first table is written
 	slots  uint64
-	locs   map[lb.TableID]tableLoc
+	locs   []tableLoc // by lb.TableID, as the index; size 0: no table
 	free   []extent // sorted, coalesced
 	// quarantine holds runs a table left since the last grace period.
 	quarantine []extent
@@ -119,23 +119,24 @@ func (d *Datapath) DeleteMaglevs(ids []lb.TableID) error {
 	}
 	var gone []lb.TableID
 	for _, id := range ids {
-		if _, ok := s.locs[id]; ok {
+		if int(id) < len(s.locs) && s.locs[id].size != 0 {
 			gone = append(gone, id)
 		}
 	}
 	slices.Sort(gone)
 	gone = slices.Compact(gone)
-	if err := storeIndex(d.maps.MaglevIndex, gone, func(lb.TableID) uint64 { return 0 }); err != nil {
+	if err := storeIndex(d.maps.MaglevIndex, gone, make([]uint64, len(gone))); err != nil {
 		s.reset(d.maps)
 		return fmt.Errorf("delete maglev tables: %w", err)
 	}
 	for _, id := range gone {
 		s.retire(s.locs[id])
-		delete(s.locs, id)
+		s.locs[id] = tableLoc{}
 	}
 	return nil
 }
 
+// writeTables writes tables[i] as table ids[i]; ids are sorted.
 func (d *Datapath) writeTables(ids []lb.TableID, tables [][]lb.BackendID) error {
 	for i, id := range ids {
 		if err := checkTable(id, tables[i]); err != nil {
@@ -156,7 +157,7 @@ func (d *Datapath) writeTables(ids []lb.TableID, tables [][]lb.BackendID) error 
 	var moved []int
 	var need uint64
 	for i, id := range ids {
-		if cur, ok := s.locs[id]; ok && int(cur.size) == len(tables[i]) {
+		if cur := s.locs[id]; int(cur.size) == len(tables[i]) {
 			locs[i] = cur
 			continue
 		}
@@ -186,20 +187,19 @@ func (d *Datapath) writeTables(ids []lb.TableID, tables [][]lb.BackendID) error 
 	if len(moved) == 0 {
 		return nil
 	}
+	// ids are sorted, and so the moved ones.
 	pub := make([]lb.TableID, len(moved))
-	word := make(map[lb.TableID]uint64, len(moved))
+	words := make([]uint64, len(moved))
 	for j, i := range moved {
-		pub[j] = ids[i]
-		word[ids[i]] = locs[i].word()
+		pub[j], words[j] = ids[i], locs[i].word()
 	}
-	slices.Sort(pub)
-	if err := storeIndex(d.maps.MaglevIndex, pub, func(id lb.TableID) uint64 { return word[id] }); err != nil {
+	if err := storeIndex(d.maps.MaglevIndex, pub, words); err != nil {
 		// Some words may be stored: what the index says is the truth.
 		s.reset(d.maps)
 		return fmt.Errorf("maglev tables: %w", err)
 	}
 	for _, i := range moved {
-		if old, ok := s.locs[ids[i]]; ok {
+		if old := s.locs[ids[i]]; old.size != 0 {
 			s.retire(old)
 		}
 		s.locs[ids[i]] = locs[i]
@@ -229,7 +229,7 @@ func (s *tableSlab) load(m *Maps) error {
 	if s.loaded {
 		return nil
 	}
-	s.locs = map[lb.TableID]tableLoc{}
+	s.locs = make([]tableLoc, m.MaglevIndex.MaxEntries())
 	slab, err := currentSlab(m)
 	if err != nil {
 		return err
@@ -329,10 +329,10 @@ func readIndex(index *ebpf.Map, fn func(lb.TableID, tableLoc) error) error {
 	return nil
 }
 
-// storeIndex stores word(id) in the index word of every id (sorted), each
-// with one atomic 64-bit store: a program reads a table's offset and size
-// together.
-func storeIndex(index *ebpf.Map, ids []lb.TableID, word func(lb.TableID) uint64) error {
+// storeIndex stores words[i] in the index word of ids[i] (ids sorted),
+// each with one atomic 64-bit store: a program reads a table's offset and
+// size together.
+func storeIndex(index *ebpf.Map, ids []lb.TableID, words []uint64) error {
 	for len(ids) > 0 {
 		n := 1
 		for n < len(ids) && uint64(ids[n]-ids[n-1])*8 <= mapGap {
@@ -343,14 +343,14 @@ func storeIndex(index *ebpf.Map, ids []lb.TableID, word func(lb.TableID) uint64)
 		if err != nil {
 			return fmt.Errorf("map weir_maglev_index: %w", err)
 		}
-		for _, id := range ids[:n] {
+		for i, id := range ids[:n] {
 			p := (*uint64)(unsafe.Pointer(&mem[at+int(uint64(id)*8-from)]))
-			atomic.StoreUint64(p, word(id))
+			atomic.StoreUint64(p, words[i])
 		}
 		if err := unix.Munmap(mem); err != nil {
 			return fmt.Errorf("unmap weir_maglev_index: %w", err)
 		}
-		ids = ids[n:]
+		ids, words = ids[n:], words[n:]
 	}
 	return nil
 }
