@@ -357,7 +357,12 @@ func (a *agent) sync() error {
 	// Healthy means the source's state is programmed, not merely that a
 	// sync ran before the source delivered anything.
 	ready := a.sourceReady.Load()
+	restoreGC := func() {}
+	if ready && !a.settled {
+		restoreGC = relaxGCForFirstSync(os.Getenv)
+	}
 	res, err := a.rec.Sync()
+	restoreGC()
 	// An invalid or conflicting service waits for its source to change:
 	// it is reported, but neither retried nor held against the node's
 	// health (one bad Service must not drain a node from load balancers).

@@ -28,9 +28,26 @@ const defaultMemoryLimit = 0
 // collections; after the first sync the agent allocates little (a change,
 // a scrape), so collecting at 1.5x costs little CPU and keeps ~60 MB of
 // resident memory off a node with 10k services x 10 endpoints. The
-// first sync runs at the default: it allocates most of what the agent
-// will ever hold, and a tighter target only makes it collect more often.
+// first sync runs at a looser target (firstSyncGCPercent).
 const steadyGCPercent = 25
+
+// firstSyncGCPercent is the garbage collector's target while the agent
+// programs its source's whole state for the first time, unless GOGC says
+// otherwise. That sync allocates in one burst most of what the agent
+// keeps; at the default target the collector ran through it several
+// times, 10-25 % of its time at 10k services. A looser target costs a
+// higher start-up peak, which settleRuntime returns right after.
+const firstSyncGCPercent = 400
+
+// relaxGCForFirstSync sets firstSyncGCPercent and returns what puts the
+// previous target back; it does nothing when GOGC is set.
+func relaxGCForFirstSync(env func(string) string) (restore func()) {
+	if env("GOGC") != "" {
+		return func() {}
+	}
+	prev := debug.SetGCPercent(firstSyncGCPercent)
+	return func() { debug.SetGCPercent(prev) }
+}
 
 // settleRuntime runs once, after the first complete programming: it
 // returns the memory that start-up needed and the agent no longer does

@@ -63,3 +63,26 @@ func TestSettleRuntime(t *testing.T) {
 		t.Errorf("GC percent %d after settling with GOGC set, want it left at 100", got)
 	}
 }
+
+func TestRelaxGCForFirstSync(t *testing.T) {
+	old := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(old) })
+	restore := relaxGCForFirstSync(func(string) string { return "" })
+	if got := debug.SetGCPercent(firstSyncGCPercent); got != firstSyncGCPercent {
+		t.Errorf("GC percent %d during the first sync, want %d", got, firstSyncGCPercent)
+	}
+	restore()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GC percent %d after the first sync, want the previous 100", got)
+	}
+	restore = relaxGCForFirstSync(func(k string) string {
+		if k == "GOGC" {
+			return "100"
+		}
+		return ""
+	})
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GC percent %d with GOGC set, want it left at 100", got)
+	}
+	restore()
+}
