@@ -50,7 +50,7 @@ func (r *Reconciler) Sync() (SyncResult, error) {
 	run := &syncRun{
 		pending: make(map[ServiceName]bool, len(dirty)),
 		errs:    map[ServiceName]*ServiceError{},
-		updated: map[ServiceName]bool{},
+		updated: make(map[ServiceName]bool, len(dirty)),
 	}
 	// Before anything of this Sync can retire more: only backends retired
 	// by an earlier Sync are past the programs that could still read them.
