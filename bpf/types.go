@@ -124,13 +124,18 @@ type CTValue struct {
 	NatPort    Port // SNAT source port; zero for DSR
 	Flags      uint8
 	_          uint8
-	// The flow's next hop as the XDP datapath cached it: egress device
-	// (0: none), the largest L3 length checked against its MTU, MACs.
-	FibIfindex uint32
-	FibLen     uint16
-	FibDmac    [6]byte
-	FibSmac    [6]byte
-	_          [6]uint8
+	Fib        FIBCache // towards the backend
+}
+
+// FIBCache must match struct fib_cache in bpf/include/types.h: a flow's
+// next hop as the XDP datapath cached it.
+type FIBCache struct {
+	_       structs.HostLayout
+	Ifindex uint32 // egress device; 0: none
+	Len     uint16 // the largest L3 length checked against its MTU
+	Dmac    [6]byte
+	Smac    [6]byte
+	_       [6]uint8
 }
 
 // SNATKey must match struct snat_key in bpf/include/types.h: a reply from
@@ -152,6 +157,7 @@ type SNATValue struct {
 	ClientPort Port
 	_          [2]uint8
 	FrontendID uint32
+	Fib        FIBCache // towards the client
 }
 
 // SockRevNatKey must match struct sock_revnat_key in bpf/include/types.h.

@@ -26,6 +26,7 @@ func TestMirrorsMatchBTF(t *testing.T) {
 		"traffic_stats":     TrafficStats{},
 		"ct_key":            CTKey{},
 		"ct_value":          CTValue{},
+		"fib_cache":         FIBCache{},
 		"snat_key":          SNATKey{},
 		"snat_value":        SNATValue{},
 		"sock_revnat_key":   SockRevNatKey{},

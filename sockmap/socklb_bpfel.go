@@ -58,11 +58,14 @@ type sockLBCtValue struct {
 	NatPort    uint16
 	Flags      uint8
 	Pad        uint8
-	FibIfindex uint32
-	FibLen     uint16
-	FibDmac    [6]uint8
-	FibSmac    [6]uint8
-	Pad2       [6]uint8
+	Fib        struct {
+		_       structs.HostLayout
+		Ifindex uint32
+		Len     uint16
+		Dmac    [6]uint8
+		Smac    [6]uint8
+		Pad     [6]uint8
+	}
 }
 
 type sockLBFrontendValue struct {
@@ -120,6 +123,14 @@ type sockLBSnatValue struct {
 	ClientPort uint16
 	Pad        [2]uint8
 	FrontendId uint32
+	Fib        struct {
+		_       structs.HostLayout
+		Ifindex uint32
+		Len     uint16
+		Dmac    [6]uint8
+		Smac    [6]uint8
+		Pad     [6]uint8
+	}
 }
 
 type sockLBSockPeer struct {

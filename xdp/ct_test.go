@@ -259,8 +259,8 @@ func TestFIBCache(t *testing.T) {
 	key := ctKeyOf(fl)
 	var ct bpf.CTValue
 	must(t, e.maps.CT.Lookup(&key, &ct))
-	if ct.FibIfindex != uint32(e.ifindex) || net.HardwareAddr(ct.FibDmac[:]).String() != macNH.String() || int(ct.FibLen) != len(in)-14+20 {
-		t.Errorf("cached next hop: ifindex %d dmac %x len %d", ct.FibIfindex, ct.FibDmac, ct.FibLen)
+	if ct.Fib.Ifindex != uint32(e.ifindex) || net.HardwareAddr(ct.Fib.Dmac[:]).String() != macNH.String() || int(ct.Fib.Len) != len(in)-14+20 {
+		t.Errorf("cached next hop: ifindex %d dmac %x len %d", ct.Fib.Ifindex, ct.Fib.Dmac, ct.Fib.Len)
 	}
 	newMAC := net.HardwareAddr{0x02, 0x77, 0, 0, 0, 0x99}
 	must(t, e.node.Link.NeighSet(&netlink.Neigh{LinkIndex: e.ifindex, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: net.ParseIP("10.0.0.2"), HardwareAddr: newMAC}))
@@ -277,8 +277,8 @@ func TestFIBCache(t *testing.T) {
 	v, _ := e.run(t, big)
 	wantVerdict(t, v, xdpTX)
 	must(t, e.maps.CT.Lookup(&key, &ct))
-	if int(ct.FibLen) != len(big)-14+20 {
-		t.Errorf("cached length %d after a larger packet, want %d", ct.FibLen, len(big)-14+20)
+	if int(ct.Fib.Len) != len(big)-14+20 {
+		t.Errorf("cached length %d after a larger packet, want %d", ct.Fib.Len, len(big)-14+20)
 	}
 }
 
@@ -305,9 +305,9 @@ func TestNewFlowCachesNextHop(t *testing.T) {
 			key := ctKeyOf(fl)
 			var ct bpf.CTValue
 			must(t, e.maps.CT.Lookup(&key, &ct))
-			if ct.FibIfindex != uint32(e.ifindex) || net.HardwareAddr(ct.FibDmac[:]).String() != macNH.String() ||
-				net.HardwareAddr(ct.FibSmac[:]).String() != macLB.String() || int(ct.FibLen) != len(in)-14+outer {
-				t.Errorf("new flow's entry: ifindex %d dmac %x smac %x len %d", ct.FibIfindex, ct.FibDmac, ct.FibSmac, ct.FibLen)
+			if ct.Fib.Ifindex != uint32(e.ifindex) || net.HardwareAddr(ct.Fib.Dmac[:]).String() != macNH.String() ||
+				net.HardwareAddr(ct.Fib.Smac[:]).String() != macLB.String() || int(ct.Fib.Len) != len(in)-14+outer {
+				t.Errorf("new flow's entry: ifindex %d dmac %x smac %x len %d", ct.Fib.Ifindex, ct.Fib.Dmac, ct.Fib.Smac, ct.Fib.Len)
 			}
 
 			// Unresolved neighbour: passed to the stack, entry without a
@@ -323,8 +323,8 @@ func TestNewFlowCachesNextHop(t *testing.T) {
 			wantVerdict(t, v, xdpPass)
 			key = ctKeyOf(fl2)
 			must(t, e.maps.CT.Lookup(&key, &ct))
-			if ct.BackendID != 3 || ct.FibIfindex != 0 {
-				t.Errorf("unresolved flow's entry: backend %d ifindex %d, want 3 and 0", ct.BackendID, ct.FibIfindex)
+			if ct.BackendID != 3 || ct.Fib.Ifindex != 0 {
+				t.Errorf("unresolved flow's entry: backend %d ifindex %d, want 3 and 0", ct.BackendID, ct.Fib.Ifindex)
 			}
 		})
 	}

@@ -2,10 +2,13 @@ package xdp
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/weir-lb/weir/bpf"
 	"github.com/weir-lb/weir/lb"
@@ -116,6 +119,61 @@ func TestSNAT(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestSNATReplyCachesNextHop: a backend's reply caches its next hop (to
+// the client) in the SNAT entry, so later replies skip the FIB lookup; a
+// neighbour change is picked up once the forward path's refresh drops the
+// cache, or once the entry is a second old.
+func TestSNATReplyCachesNextHop(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			e := newEnv(t, Config{})
+			s := snatService(f, protoTCP, lb.ModeSNAT)
+			e.addService(t, s)
+			b := s.Backends[0].Addr
+			fl := clientFlow(f, protoTCP, 42000)
+			_, out := e.run(t, packet(fl, pktOpts{TCPFlags: tcpSYN}))
+			natPort, _ := wantRewritten(t, out, macLB, macNH, flow{Src: netip.AddrPortFrom(snatAddr(f), 0), Dst: b, Proto: protoTCP}, nil).Ports()
+			reply := packet(flow{Src: b, Dst: netip.AddrPortFrom(snatAddr(f), natPort), Proto: protoTCP}, pktOpts{SrcMAC: macNH, TCPFlags: tcpACK})
+			k := bpf.SNATKey{Addr: bpf.AddrFrom(b.Addr()), Port: bpf.PortFrom(b.Port()), NatPort: bpf.PortFrom(natPort), Proto: protoTCP}
+			var sv bpf.SNATValue
+
+			_, out = e.run(t, reply)
+			wantRewritten(t, out, macLB, macPeer, fl.reply(), nil)
+			must(t, e.maps.SNAT.Lookup(&k, &sv))
+			if sv.Fib.Ifindex != uint32(e.ifindex) || net.HardwareAddr(sv.Fib.Dmac[:]).String() != macPeer.String() ||
+				net.HardwareAddr(sv.Fib.Smac[:]).String() != macLB.String() || int(sv.Fib.Len) != len(reply)-14 {
+				t.Fatalf("reply's cached next hop: ifindex %d dmac %x smac %x len %d", sv.Fib.Ifindex, sv.Fib.Dmac, sv.Fib.Smac, sv.Fib.Len)
+			}
+			peer := "10.0.0.3"
+			family := netlink.FAMILY_V4
+			if !f.cli.Is4() {
+				peer, family = "fd00::3", netlink.FAMILY_V6
+			}
+			newMAC := net.HardwareAddr{0x02, 0x77, 0, 0, 0, 0x98}
+			must(t, e.node.Link.NeighSet(&netlink.Neigh{LinkIndex: e.ifindex, Family: family, State: netlink.NUD_PERMANENT, IP: net.ParseIP(peer), HardwareAddr: newMAC}))
+			_, out = e.run(t, reply)
+			wantRewritten(t, out, macLB, macPeer, fl.reply(), nil) // still cached
+
+			// A second old: the reply looks the next hop up again.
+			sv.LastSeen -= uint64(2 * time.Second)
+			must(t, e.maps.SNAT.Update(&k, &sv, ebpf.UpdateExist))
+			_, out = e.run(t, reply)
+			wantRewritten(t, out, macLB, newMAC, fl.reply(), nil)
+
+			// The forward path's refresh drops the cache too.
+			must(t, e.node.Link.NeighSet(&netlink.Neigh{LinkIndex: e.ifindex, Family: family, State: netlink.NUD_PERMANENT, IP: net.ParseIP(peer), HardwareAddr: macPeer}))
+			ck := ctKeyOf(fl)
+			var ct bpf.CTValue
+			must(t, e.maps.CT.Lookup(&ck, &ct))
+			ct.LastSeen -= uint64(2 * time.Second)
+			must(t, e.maps.CT.Update(&ck, &ct, ebpf.UpdateExist))
+			e.run(t, packet(fl, pktOpts{TCPFlags: tcpACK}))
+			_, out = e.run(t, reply)
+			wantRewritten(t, out, macLB, macPeer, fl.reply(), nil)
+		})
 	}
 }
 

@@ -58,11 +58,14 @@ type weirXDPCtValue struct {
 	NatPort    uint16
 	Flags      uint8
 	Pad        uint8
-	FibIfindex uint32
-	FibLen     uint16
-	FibDmac    [6]uint8
-	FibSmac    [6]uint8
-	Pad2       [6]uint8
+	Fib        struct {
+		_       structs.HostLayout
+		Ifindex uint32
+		Len     uint16
+		Dmac    [6]uint8
+		Smac    [6]uint8
+		Pad     [6]uint8
+	}
 }
 
 type weirXDPEventBudget struct {
@@ -127,6 +130,14 @@ type weirXDPSnatValue struct {
 	ClientPort uint16
 	Pad        [2]uint8
 	FrontendId uint32
+	Fib        struct {
+		_       structs.HostLayout
+		Ifindex uint32
+		Len     uint16
+		Dmac    [6]uint8
+		Smac    [6]uint8
+		Pad     [6]uint8
+	}
 }
 
 type weirXDPSockPeer struct {

@@ -64,34 +64,35 @@ static __always_inline int fib_failed(struct xdp_md *ctx, const struct pkt *p, i
 }
 
 /* flow_fib resolves the next hop of a flow's packet: from the flow's
- * conntrack entry when it caches a result checked for a packet at least
- * this large and no refresh is due, otherwise with a FIB lookup whose
- * success is cached there. A new flow's entry (refresh set) is filled
- * before it is written, so its next packets find the next hop. */
-static __always_inline int flow_fib(struct xdp_md *ctx, struct ct_value *ct, int refresh,
+ * cache (in its conntrack or SNAT entry) when it holds a result checked
+ * for a packet at least this large and no refresh is due, otherwise with
+ * a FIB lookup whose success is cached there. A new flow's entry (refresh
+ * set) is filled before it is written, so its next packets find the next
+ * hop. */
+static __always_inline int flow_fib(struct xdp_md *ctx, struct fib_cache *c, int refresh,
 				    struct bpf_fib_lookup *fib, const union addr *src, const union addr *dst,
 				    __u8 l4proto, __u32 tot_len)
 {
 	int rc;
 
-	if (!refresh && ct->fib_ifindex && tot_len <= ct->fib_len) {
-		fib->ifindex = ct->fib_ifindex;
-		__builtin_memcpy(fib->dmac, ct->fib_dmac, ETH_ALEN);
-		__builtin_memcpy(fib->smac, ct->fib_smac, ETH_ALEN);
+	if (!refresh && c->ifindex && tot_len <= c->len) {
+		fib->ifindex = c->ifindex;
+		__builtin_memcpy(fib->dmac, c->dmac, ETH_ALEN);
+		__builtin_memcpy(fib->smac, c->smac, ETH_ALEN);
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
 	rc = fib_lookup(ctx, fib, src, dst, l4proto, tot_len);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
-		ct->fib_ifindex = 0;
+		c->ifindex = 0;
 		return rc;
 	}
 	/* The MTU check passed for tot_len: a refresh starts over, a
 	 * larger packet raises the size known to fit. */
-	if (refresh || !ct->fib_ifindex || ct->fib_ifindex != fib->ifindex || tot_len > ct->fib_len)
-		ct->fib_len = tot_len;
-	ct->fib_ifindex = fib->ifindex;
-	__builtin_memcpy(ct->fib_dmac, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(ct->fib_smac, fib->smac, ETH_ALEN);
+	if (refresh || !c->ifindex || c->ifindex != fib->ifindex || tot_len > c->len)
+		c->len = tot_len;
+	c->ifindex = fib->ifindex;
+	__builtin_memcpy(c->dmac, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(c->smac, fib->smac, ETH_ALEN);
 	return rc;
 }
 
@@ -124,7 +125,7 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, const struct pkt *p, 
 	outer4 = addr_is4(&dst);
 	olen = outer4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
 	encap_source(&src, p, outer4);
-	rc = flow_fib(ctx, ct, refresh, &fib, &src, &dst, p->family == 4 ? IPPROTO_IPIP : IPPROTO_IPV6,
+	rc = flow_fib(ctx, &ct->fib, refresh, &fib, &src, &dst, p->family == 4 ? IPPROTO_IPIP : IPPROTO_IPV6,
 		      p->l3_len + olen);
 	ct_commit(new_key, ct);
 	/* Not forwarded: a local address (the backend is on this node), or
@@ -158,7 +159,7 @@ static __always_inline int snat_forward(struct xdp_md *ctx, const struct pkt *p,
 	__builtin_memcpy(t.daddr.b, be->addr, 16);
 	t.sport = nat_port;
 	t.dport = be->port;
-	rc = flow_fib(ctx, ct, refresh, &fib, &t.saddr, &t.daddr, p->proto, p->l3_len);
+	rc = flow_fib(ctx, &ct->fib, refresh, &fib, &t.saddr, &t.daddr, p->proto, p->l3_len);
 	ct_commit(new_key, ct);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return fib_failed(ctx, p, rc, &fib, 0, service_id);
@@ -182,8 +183,8 @@ static __always_inline int snat_reverse(struct xdp_md *ctx, const struct pkt *p)
 	struct snat_key k;
 	__u16 port = bpf_ntohs(p->dport);
 	__u32 fe_id, sid;
+	int rc, refresh;
 	__u64 now;
-	int rc;
 
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return -1;
@@ -209,9 +210,10 @@ static __always_inline int snat_reverse(struct xdp_md *ctx, const struct pkt *p)
 	t.sport = fe->port;
 	t.dport = v->client_port;
 	now = lb_now();
-	if (lb_age(now, v->last_seen) >= (__s64)WEIR_CT_REFRESH_NS)
+	refresh = lb_age(now, v->last_seen) >= (__s64)WEIR_CT_REFRESH_NS;
+	if (refresh)
 		v->last_seen = now;
-	rc = fib_lookup(ctx, &fib, &t.saddr, &t.daddr, p->proto, p->l3_len);
+	rc = flow_fib(ctx, &v->fib, refresh, &fib, &t.saddr, &t.daddr, p->proto, p->l3_len);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return fib_failed(ctx, p, rc, &fib, 0, sid);
 	if (nat_rewrite(ctx, p, &t))

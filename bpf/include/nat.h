@@ -95,7 +95,9 @@ static __always_inline int snat_alloc(const struct pkt *p, const struct backend_
 }
 
 /* snat_refresh keeps an established flow's reverse entry alive (and puts
- * it back if the LRU evicted it). Called once a second per flow. */
+ * it back if the LRU evicted it). Called once a second per flow; it also
+ * drops the replies' cached next hop, so that the next reply looks it up
+ * again: a flow the forward path keeps fresh refreshes both ways. */
 static __always_inline void snat_refresh(const struct pkt *p, const struct backend_value *be, __be16 port,
 					 __u32 frontend_id, __u64 now)
 {
@@ -107,8 +109,10 @@ static __always_inline void snat_refresh(const struct pkt *p, const struct backe
 	k.nat_port = port;
 	cur = bpf_map_lookup_elem(&weir_snat, &k);
 	if (cur) {
-		if (snat_same_flow(cur, p, frontend_id))
+		if (snat_same_flow(cur, p, frontend_id)) {
 			cur->last_seen = now;
+			cur->fib.ifindex = 0;
+		}
 		return;
 	}
 	bpf_map_update_elem(&weir_snat, &k, &v, BPF_NOEXIST);

@@ -84,6 +84,16 @@ struct traffic_stats {
 	__u64 bytes;
 };
 
+/* A flow's next hop, cached by the XDP datapath so that its packets skip
+ * the FIB lookup; refreshed with the entry's last_seen. */
+struct fib_cache {
+	__u32 ifindex; /* egress device; 0: nothing cached */
+	__u16 len; /* largest L3 length checked against the MTU */
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u8 pad[6];
+};
+
 /* Connection tracking, keyed by the client's packet as it arrived. */
 struct ct_key {
 	__u8 saddr[16];
@@ -102,13 +112,7 @@ struct ct_value {
 	__be16 nat_port; /* SNAT source port; 0 for DSR */
 	__u8 flags;
 	__u8 pad;
-	/* The flow's next hop, cached by the XDP datapath so established
-	 * packets skip the FIB lookup; refreshed with last_seen. */
-	__u32 fib_ifindex; /* egress device; 0: nothing cached */
-	__u16 fib_len; /* largest L3 length checked against the MTU */
-	__u8 fib_dmac[6];
-	__u8 fib_smac[6];
-	__u8 pad2[6];
+	struct fib_cache fib; /* towards the backend */
 };
 
 /* SNAT reverse entry, keyed by a reply from a backend to the node. */
@@ -126,6 +130,7 @@ struct snat_value {
 	__be16 client_port;
 	__u8 pad[2];
 	__u32 frontend_id;
+	struct fib_cache fib; /* towards the client */
 };
 
 /* Socket-level reverse NAT for unconnected UDP and getpeername. */
