@@ -32,6 +32,7 @@ func TestConstsMatchHeaders(t *testing.T) {
 		"WEIR_BACKEND_ACTIVE":      BackendStateActive,
 		"WEIR_BACKEND_TERMINATING": BackendStateTerminating,
 		"WEIR_BACKEND_QUARANTINED": BackendStateQuarantined,
+		"WEIR_BACKEND_WORD_STATE":  wordState,
 		"WEIR_EVENT_DROP":          EventDrop,
 		"WEIR_EVENT_NEW_FLOW":      EventNewFlow,
 	} {

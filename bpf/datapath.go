@@ -62,11 +62,18 @@ func (d *Datapath) UpsertBackend(id lb.BackendID, e lb.BackendEntry) error {
 	if err := d.maps.Backends.Update(unsafe.Pointer(&d.id), unsafe.Pointer(&d.backend), ebpf.UpdateAny); err != nil {
 		return writeError(fmt.Sprintf("backend %d", id), "weir_backends", d.maps.Backends, err)
 	}
-	return nil
+	return d.storeBackendWords([]lb.BackendID{id}, []uint32{backendWord(&v)})
 }
 
 // DeleteBackend removes a backend.
 func (d *Datapath) DeleteBackend(id lb.BackendID) error {
+	// The word first: a packet that still finds the entry then looks
+	// it up, and finds it gone or still there, never a stale copy.
+	if uint32(id) < d.maps.BackendWords.MaxEntries() {
+		if err := d.storeBackendWords([]lb.BackendID{id}, []uint32{0}); err != nil {
+			return err
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.id = uint32(id)
@@ -171,15 +178,24 @@ func (d *Datapath) DeleteService(k lb.ServiceKey) error {
 // keys and values stay within a few hundred KiB.
 const batchChunk = 2048
 
-// UpsertBackends writes backends in batches (lb.EntryBatcher).
+// UpsertBackends writes backends in batches (lb.EntryBatcher), then the
+// words of those written.
 func (d *Datapath) UpsertBackends(ids []lb.BackendID, es []lb.BackendEntry) (int, error) {
-	return writeBatch(d.maps.Backends, "weir_backends", len(ids),
+	words := make([]uint32, len(ids))
+	n, err := writeBatch(d.maps.Backends, "weir_backends", len(ids),
 		func(i int, k *uint32, v *BackendValue) (err error) {
 			*k = uint32(ids[i])
 			*v, err = BackendValueFrom(ids[i], es[i])
+			words[i] = backendWord(v)
 			return err
 		},
 		func(i int) string { return fmt.Sprintf("backend %d", ids[i]) })
+	if werr := d.storeBackendWords(ids[:n], words[:n]); werr != nil {
+		// Their entries are written, their words not: report none of
+		// them, so that the caller writes each again.
+		return 0, werr
+	}
+	return n, err
 }
 
 // UpsertFrontends writes frontends in batches (lb.EntryBatcher).

@@ -87,6 +87,9 @@ func TestDatapathBatchMapFull(t *testing.T) {
 	d, _ := mustDatapath(t, sizes)
 	st := batchState(1500)
 	ids, es := split(st.Backends)
+	for i := range ids { // dense, as the reconciler allocates them
+		ids[i] = lb.BackendID(i + 1)
+	}
 	// 2500 entries in first: the batch after them crosses a chunk border
 	// and fills the map midway.
 	if n, err := d.UpsertBackends(ids[:2500], es[:2500]); err != nil || n != 2500 {

@@ -28,7 +28,7 @@ func sizeFlag(mapName string) string {
 		return "--bpf-map-services"
 	case "weir_frontends":
 		return "--bpf-map-frontends"
-	case "weir_backends", "weir_backend_stats":
+	case "weir_backends", "weir_backend_stats", "weir_backend_words":
 		return "--bpf-map-backends"
 	case "weir_source_ranges":
 		return "--bpf-map-source-ranges"

@@ -73,7 +73,7 @@ type tableSlab struct {
 	slab   *ebpf.Map // nil until the first table is written
 	slots  uint64
 	locs   []tableLoc // by lb.TableID, as the index; size 0: no table
-	free   []extent // sorted, coalesced
+	free   []extent   // sorted, coalesced
 	// quarantine holds runs a table left since the last grace period.
 	quarantine []extent
 	// swapDone reports the end of the last write that swapped a slab in,
@@ -333,24 +333,32 @@ func readIndex(index *ebpf.Map, fn func(lb.TableID, tableLoc) error) error {
 // each with one atomic 64-bit store: a program reads a table's offset and
 // size together.
 func storeIndex(index *ebpf.Map, ids []lb.TableID, words []uint64) error {
-	for len(ids) > 0 {
-		n := 1
-		for n < len(ids) && uint64(ids[n]-ids[n-1])*8 <= mapGap {
-			n++
+	return storeMapped(index, 8, len(ids), func(i int) uint64 { return uint64(ids[i]) }, func(p unsafe.Pointer, i int) {
+		atomic.StoreUint64((*uint64)(p), words[i])
+	})
+}
+
+// storeMapped calls store with a pointer to the value of each of n keys
+// (key(i), ascending) of a BPF_F_MMAPABLE array whose values are elem
+// bytes apart, mapping the array once per group of keys close together.
+func storeMapped(m *ebpf.Map, elem uint64, n int, key func(i int) uint64, store func(p unsafe.Pointer, i int)) error {
+	for i := 0; i < n; {
+		j := i + 1
+		for j < n && (key(j)-key(j-1))*elem <= mapGap {
+			j++
 		}
-		from, to := uint64(ids[0])*8, uint64(ids[n-1])*8+8
-		mem, at, err := mapRange(index, from, to, true)
+		from, to := key(i)*elem, key(j-1)*elem+elem
+		mem, at, err := mapRange(m, from, to, true)
 		if err != nil {
-			return fmt.Errorf("map weir_maglev_index: %w", err)
+			return fmt.Errorf("map %s: %w", m.String(), err)
 		}
-		for i, id := range ids[:n] {
-			p := (*uint64)(unsafe.Pointer(&mem[at+int(uint64(id)*8-from)]))
-			atomic.StoreUint64(p, words[i])
+		for k := i; k < j; k++ {
+			store(unsafe.Pointer(&mem[at+int(key(k)*elem-from)]), k)
 		}
 		if err := unix.Munmap(mem); err != nil {
-			return fmt.Errorf("unmap weir_maglev_index: %w", err)
+			return fmt.Errorf("unmap %s: %w", m.String(), err)
 		}
-		ids, words = ids[n:], words[n:]
+		i = j
 	}
 	return nil
 }

@@ -27,6 +27,9 @@ type MapSizes struct {
 type Maps struct {
 	Services *ebpf.Map
 	Backends *ebpf.Map
+	// BackendWords holds, by backend ID, a word naming what the datapath
+	// uses of the backend (see backendWord).
+	BackendWords *ebpf.Map
 	// Maglev holds the slab of Maglev tables (its only element) and
 	// MaglevIndex where each table is in it (see maglev.go).
 	Maglev       *ebpf.Map
@@ -81,6 +84,9 @@ func MapsSpec(sizes MapSizes) (*ebpf.CollectionSpec, error) {
 	set("weir_service_stats", sizes.Services)
 	set("weir_frontends", sizes.Frontends)
 	set("weir_backends", sizes.Backends)
+	if sizes.Backends != 0 {
+		spec.Maps["weir_backend_words"].MaxEntries = sizes.Backends + 1 // IDs from 1
+	}
 	set("weir_backend_stats", sizes.Backends)
 	set("weir_source_ranges", sizes.SourceRanges)
 	set("weir_ct", sizes.CT)
@@ -114,6 +120,7 @@ func OpenMaps(root string, sizes MapSizes) (*Maps, error) {
 	return &Maps{
 		Services:        objs.WeirServices,
 		Backends:        objs.WeirBackends,
+		BackendWords:    objs.WeirBackendWords,
 		Maglev:          objs.WeirMaglev,
 		MaglevIndex:     objs.WeirMaglevIndex,
 		Frontends:       objs.WeirFrontends,
@@ -144,6 +151,7 @@ func (m *Maps) All() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"weir_services":          m.Services,
 		"weir_backends":          m.Backends,
+		"weir_backend_words":     m.BackendWords,
 		"weir_maglev":            m.Maglev,
 		"weir_maglev_index":      m.MaglevIndex,
 		"weir_frontends":         m.Frontends,

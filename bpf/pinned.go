@@ -46,6 +46,7 @@ func (m *Maps) fields() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
 		"weir_services":          &m.Services,
 		"weir_backends":          &m.Backends,
+		"weir_backend_words":     &m.BackendWords,
 		"weir_maglev":            &m.Maglev,
 		"weir_maglev_index":      &m.MaglevIndex,
 		"weir_frontends":         &m.Frontends,

@@ -125,6 +125,12 @@ type CTValue struct {
 	Flags      uint8
 	_          uint8
 	Fib        FIBCache // towards the backend
+	// What the flow's packets need of the backend, copied with the
+	// backend's word (weir_backend_words).
+	BackendWord uint32
+	BackendPort Port
+	_           [2]uint8
+	BackendDst  Addr // DSR outer destination, or the backend (SNAT)
 }
 
 // FIBCache must match struct fib_cache in bpf/include/types.h: a flow's

@@ -66,6 +66,10 @@ type weirMapsCtValue struct {
 		Smac    [6]uint8
 		Pad     [6]uint8
 	}
+	BackendWord uint32
+	BackendPort uint16
+	Pad2        [2]uint8
+	BackendDst  [16]uint8
 }
 
 type weirMapsFrontendValue struct {
@@ -177,6 +181,7 @@ type weirMapsTrafficStats struct {
 const (
 	weirMapsMapWeirAffinity        = "weir_affinity"
 	weirMapsMapWeirBackendStats    = "weir_backend_stats"
+	weirMapsMapWeirBackendWords    = "weir_backend_words"
 	weirMapsMapWeirBackends        = "weir_backends"
 	weirMapsMapWeirCt              = "weir_ct"
 	weirMapsMapWeirDrops           = "weir_drops"
@@ -246,6 +251,7 @@ type weirMapsProgramSpecs struct {
 type weirMapsMapSpecs struct {
 	WeirAffinity        *ebpf.MapSpec `ebpf:"weir_affinity"`
 	WeirBackendStats    *ebpf.MapSpec `ebpf:"weir_backend_stats"`
+	WeirBackendWords    *ebpf.MapSpec `ebpf:"weir_backend_words"`
 	WeirBackends        *ebpf.MapSpec `ebpf:"weir_backends"`
 	WeirCt              *ebpf.MapSpec `ebpf:"weir_ct"`
 	WeirDrops           *ebpf.MapSpec `ebpf:"weir_drops"`
@@ -293,6 +299,7 @@ func (o *weirMapsObjects) Close() error {
 type weirMapsMaps struct {
 	WeirAffinity        *ebpf.Map `ebpf:"weir_affinity"`
 	WeirBackendStats    *ebpf.Map `ebpf:"weir_backend_stats"`
+	WeirBackendWords    *ebpf.Map `ebpf:"weir_backend_words"`
 	WeirBackends        *ebpf.Map `ebpf:"weir_backends"`
 	WeirCt              *ebpf.Map `ebpf:"weir_ct"`
 	WeirDrops           *ebpf.Map `ebpf:"weir_drops"`
@@ -315,6 +322,7 @@ func (m *weirMapsMaps) Close() error {
 	return _WeirMapsClose(
 		m.WeirAffinity,
 		m.WeirBackendStats,
+		m.WeirBackendWords,
 		m.WeirBackends,
 		m.WeirCt,
 		m.WeirDrops,

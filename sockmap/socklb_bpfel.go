@@ -66,6 +66,10 @@ type sockLBCtValue struct {
 		Smac    [6]uint8
 		Pad     [6]uint8
 	}
+	BackendWord uint32
+	BackendPort uint16
+	Pad2        [2]uint8
+	BackendDst  [16]uint8
 }
 
 type sockLBFrontendValue struct {
@@ -183,6 +187,7 @@ type sockLBTrafficStats struct {
 const (
 	sockLBMapWeirAffinity          = "weir_affinity"
 	sockLBMapWeirBackendStats      = "weir_backend_stats"
+	sockLBMapWeirBackendWords      = "weir_backend_words"
 	sockLBMapWeirBackends          = "weir_backends"
 	sockLBMapWeirCt                = "weir_ct"
 	sockLBMapWeirDrops             = "weir_drops"
@@ -275,6 +280,7 @@ type sockLBProgramSpecs struct {
 type sockLBMapSpecs struct {
 	WeirAffinity        *ebpf.MapSpec `ebpf:"weir_affinity"`
 	WeirBackendStats    *ebpf.MapSpec `ebpf:"weir_backend_stats"`
+	WeirBackendWords    *ebpf.MapSpec `ebpf:"weir_backend_words"`
 	WeirBackends        *ebpf.MapSpec `ebpf:"weir_backends"`
 	WeirCt              *ebpf.MapSpec `ebpf:"weir_ct"`
 	WeirDrops           *ebpf.MapSpec `ebpf:"weir_drops"`
@@ -325,6 +331,7 @@ func (o *sockLBObjects) Close() error {
 type sockLBMaps struct {
 	WeirAffinity        *ebpf.Map `ebpf:"weir_affinity"`
 	WeirBackendStats    *ebpf.Map `ebpf:"weir_backend_stats"`
+	WeirBackendWords    *ebpf.Map `ebpf:"weir_backend_words"`
 	WeirBackends        *ebpf.Map `ebpf:"weir_backends"`
 	WeirCt              *ebpf.Map `ebpf:"weir_ct"`
 	WeirDrops           *ebpf.Map `ebpf:"weir_drops"`
@@ -348,6 +355,7 @@ func (m *sockLBMaps) Close() error {
 	return _SockLBClose(
 		m.WeirAffinity,
 		m.WeirBackendStats,
+		m.WeirBackendWords,
 		m.WeirBackends,
 		m.WeirCt,
 		m.WeirDrops,

@@ -123,6 +123,38 @@ func TestTerminatingBackend(t *testing.T) {
 	}
 }
 
+// TestBackendWords: an established packet forwards from what its
+// conntrack entry copied of the backend while the backend's word is
+// unchanged (no backend lookup: here the entry is gone from the hash map
+// behind the datapath's back and the flow still goes on); a new tunnel
+// address, or another service's backend under the ID, sends it back to
+// the hash map.
+func TestBackendWords(t *testing.T) {
+	e := newEnv(t, Config{})
+	f, s, fl := establishedOnA(t, e, 3100)
+	id := uint32(1)
+	var kept bpf.BackendValue
+	must(t, e.maps.Backends.Lookup(&id, &kept))
+	must(t, e.maps.Backends.Delete(&id))
+	if got := e.backendOf(t, fl); got != f.tunA {
+		t.Fatalf("established flow went to %s without a backend lookup, want %s", got, f.tunA)
+	}
+	must(t, e.maps.Backends.Update(&id, &kept, ebpf.UpdateAny))
+
+	// A new tunnel address: the flow follows it.
+	e.addBackend(t, s.ID, be{ID: 1, Addr: s.Backends[0].Addr, Tunnel: f.tunB})
+	if got := e.backendOf(t, fl); got != f.tunB {
+		t.Errorf("after the tunnel moved, the flow went to %s, want %s", got, f.tunB)
+	}
+
+	// The ID now names another service's backend, at tunnel A: the flow
+	// is balanced again, by the table (backend 2, tunnel B).
+	e.addBackend(t, s.ID+1, be{ID: 1, Addr: s.Backends[0].Addr, Tunnel: f.tunA})
+	if got := e.backendOf(t, fl); got != f.tunB {
+		t.Errorf("the flow went to %s, a backend of another service; want %s", got, f.tunB)
+	}
+}
+
 // TestQuarantinedBackend: a backend whose health check failed is dead, so
 // its established flows move to a live backend instead of black-holing.
 func TestQuarantinedBackend(t *testing.T) {

@@ -66,6 +66,10 @@ type weirXDPCtValue struct {
 		Smac    [6]uint8
 		Pad     [6]uint8
 	}
+	BackendWord uint32
+	BackendPort uint16
+	Pad2        [2]uint8
+	BackendDst  [16]uint8
 }
 
 type weirXDPEventBudget struct {
@@ -184,6 +188,7 @@ type weirXDPTrafficStats struct {
 const (
 	weirXDPMapWeirAffinity        = "weir_affinity"
 	weirXDPMapWeirBackendStats    = "weir_backend_stats"
+	weirXDPMapWeirBackendWords    = "weir_backend_words"
 	weirXDPMapWeirBackends        = "weir_backends"
 	weirXDPMapWeirCt              = "weir_ct"
 	weirXDPMapWeirCtNew           = "weir_ct_new"
@@ -272,6 +277,7 @@ type weirXDPProgramSpecs struct {
 type weirXDPMapSpecs struct {
 	WeirAffinity        *ebpf.MapSpec `ebpf:"weir_affinity"`
 	WeirBackendStats    *ebpf.MapSpec `ebpf:"weir_backend_stats"`
+	WeirBackendWords    *ebpf.MapSpec `ebpf:"weir_backend_words"`
 	WeirBackends        *ebpf.MapSpec `ebpf:"weir_backends"`
 	WeirCt              *ebpf.MapSpec `ebpf:"weir_ct"`
 	WeirCtNew           *ebpf.MapSpec `ebpf:"weir_ct_new"`
@@ -334,6 +340,7 @@ func (o *weirXDPObjects) Close() error {
 type weirXDPMaps struct {
 	WeirAffinity        *ebpf.Map `ebpf:"weir_affinity"`
 	WeirBackendStats    *ebpf.Map `ebpf:"weir_backend_stats"`
+	WeirBackendWords    *ebpf.Map `ebpf:"weir_backend_words"`
 	WeirBackends        *ebpf.Map `ebpf:"weir_backends"`
 	WeirCt              *ebpf.Map `ebpf:"weir_ct"`
 	WeirCtNew           *ebpf.Map `ebpf:"weir_ct_new"`
@@ -359,6 +366,7 @@ func (m *weirXDPMaps) Close() error {
 	return _WeirXDPClose(
 		m.WeirAffinity,
 		m.WeirBackendStats,
+		m.WeirBackendWords,
 		m.WeirBackends,
 		m.WeirCt,
 		m.WeirCtNew,

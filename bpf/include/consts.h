@@ -57,6 +57,8 @@
 #define WEIR_BACKEND_ACTIVE 0
 #define WEIR_BACKEND_TERMINATING 1
 #define WEIR_BACKEND_QUARANTINED 2
+/* The bits of a backend's word (weir_backend_words) that hold its state. */
+#define WEIR_BACKEND_WORD_STATE 3
 
 /* Drop (and reject) reasons. Every reason is a metric and an event; keep
  * the Go names in bpf/reasons.go in step. */

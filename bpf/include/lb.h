@@ -110,18 +110,15 @@ static __always_inline void ct_commit(const struct ct_key *new_key, const struct
  * addresses) gets the packet through the stack unchanged. With the next hop's neighbour unresolved,
  * the encapsulated packet is passed to the stack, which forwards it and
  * resolves the neighbour. */
-static __always_inline int dsr_forward(struct xdp_md *ctx, const struct pkt *p, const struct backend_value *be,
-				       struct ct_value *ct, const struct ct_key *new_key, int refresh, __u32 service_id,
-				       __u32 backend_id)
+static __always_inline int dsr_forward(struct xdp_md *ctx, const struct pkt *p, struct ct_value *ct,
+				       const struct ct_key *new_key, int refresh, __u32 service_id, __u32 backend_id)
 {
 	struct bpf_fib_lookup fib;
 	union addr src, dst;
 	__u32 olen;
 	int outer4, rc;
 
-	__builtin_memcpy(dst.b, be->tunnel, 16);
-	if (!(dst.d[0] | dst.d[1])) /* no tunnel address: the backend's own */
-		__builtin_memcpy(dst.b, be->addr, 16);
+	__builtin_memcpy(dst.b, ct->backend_dst, 16);
 	outer4 = addr_is4(&dst);
 	olen = outer4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
 	encap_source(&src, p, outer4);
@@ -146,9 +143,8 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, const struct pkt *p, 
 
 /* snat_forward sends the client's packet to the backend from the node's
  * SNAT address and the flow's NAT port. */
-static __always_inline int snat_forward(struct xdp_md *ctx, const struct pkt *p, const struct backend_value *be,
-					__be16 nat_port, struct ct_value *ct, const struct ct_key *new_key, int refresh,
-					__u32 service_id, __u32 backend_id)
+static __always_inline int snat_forward(struct xdp_md *ctx, const struct pkt *p, struct ct_value *ct,
+					const struct ct_key *new_key, int refresh, __u32 service_id, __u32 backend_id)
 {
 	struct bpf_fib_lookup fib;
 	struct nat_target t;
@@ -156,9 +152,9 @@ static __always_inline int snat_forward(struct xdp_md *ctx, const struct pkt *p,
 
 	if (snat_addr(&t.saddr, p->family))
 		return count_drop(p, WEIR_REASON_UNSUPPORTED, service_id, XDP_DROP);
-	__builtin_memcpy(t.daddr.b, be->addr, 16);
-	t.sport = nat_port;
-	t.dport = be->port;
+	__builtin_memcpy(t.daddr.b, ct->backend_dst, 16);
+	t.sport = ct->nat_port;
+	t.dport = ct->backend_port;
 	rc = flow_fib(ctx, &ct->fib, refresh, &fib, &t.saddr, &t.daddr, p->proto, p->l3_len);
 	ct_commit(new_key, ct);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
@@ -235,10 +231,34 @@ static __always_inline int source_allowed(const struct service_value *svc, const
 	return bpf_map_lookup_elem(&weir_source_ranges, &k) != NULL;
 }
 
+/* backend_word returns a backend's word (weir_backend_words), 0 for no
+ * backend. */
+static __always_inline __u32 backend_word(__u32 id)
+{
+	__u32 *w = bpf_map_lookup_elem(&weir_backend_words, &id);
+
+	return w ? *(volatile __u32 *)w : 0;
+}
+
+/* ct_set_backend copies into a flow's entry what its packets need of its
+ * backend, with the backend's word; the next hop is looked up again. */
+static __always_inline void ct_set_backend(struct ct_value *ct, const struct backend_value *be, __u32 word, int snat)
+{
+	union addr dst;
+
+	__builtin_memcpy(dst.b, be->tunnel, 16);
+	if (snat || !(dst.d[0] | dst.d[1])) /* SNAT, or no tunnel address: the backend's own */
+		__builtin_memcpy(dst.b, be->addr, 16);
+	__builtin_memcpy(ct->backend_dst, dst.b, 16);
+	ct->backend_port = be->port;
+	ct->backend_word = word;
+	ct->fib.ifindex = 0;
+}
+
 /* lb_service load-balances a packet addressed to a service frontend. */
 static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, const struct service_value *svc)
 {
-	__u32 sid = svc->service_id, fid = svc->frontend_id, be_id;
+	__u32 sid = svc->service_id, fid = svc->frontend_id, be_id, word;
 	struct backend_value *be;
 	struct ct_value *ct;
 	struct ct_key ck, *new_key = NULL;
@@ -258,20 +278,29 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 		/* Established: keep the backend while it exists, also when it
 		 * is terminating (draining is what terminating means); but not
 		 * when its health check quarantined it: it is dead, and its
-		 * flows are better off on a live backend. */
+		 * flows are better off on a live backend. While the backend's
+		 * word is the one the entry copied, the entry has all the
+		 * packet needs: no backend lookup. */
 		be_id = ct->backend_id;
-		be = bpf_map_lookup_elem(&weir_backends, &be_id);
-		if (be && be->service_id == sid && be->state != WEIR_BACKEND_QUARANTINED) {
-			snat = ct->flags & WEIR_CT_F_SNAT;
-			nat_port = ct->nat_port;
-			refresh = ct_touch(ct, now);
-			if (refresh && snat)
-				snat_refresh(p, be, nat_port, fid, now);
-			goto forward;
+		word = backend_word(be_id);
+		if (!word || (word & WEIR_BACKEND_WORD_STATE) == WEIR_BACKEND_QUARANTINED)
+			goto new_flow;
+		snat = ct->flags & WEIR_CT_F_SNAT;
+		if ((word ^ ct->backend_word) & ~WEIR_BACKEND_WORD_STATE) {
+			/* The ID names another backend now, or this one moved. */
+			be = bpf_map_lookup_elem(&weir_backends, &be_id);
+			if (!be || be->service_id != sid)
+				goto new_flow;
+			ct_set_backend(ct, be, word, snat);
 		}
+		nat_port = ct->nat_port;
+		refresh = ct_touch(ct, now);
+		if (refresh && snat)
+			snat_refresh(p, ct->backend_dst, ct->backend_port, nat_port, fid, now);
+		goto forward;
 	}
 
-	/* New flow. */
+new_flow:
 	if (!svc->backends)
 		return reject(ctx, p, sid);
 	be_id = 0;
@@ -303,6 +332,7 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 	ct->service_id = sid;
 	ct->nat_port = nat_port;
 	ct->flags = snat ? WEIR_CT_F_SNAT : 0;
+	ct_set_backend(ct, be, backend_word(be_id), snat);
 	new_key = &ck;
 	refresh = 1;
 	if (svc->flags & WEIR_SVC_AFFINITY)
@@ -311,8 +341,8 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 
 forward:
 	if (snat)
-		return snat_forward(ctx, p, be, nat_port, ct, new_key, refresh, sid, be_id);
-	return dsr_forward(ctx, p, be, ct, new_key, refresh, sid, be_id);
+		return snat_forward(ctx, p, ct, new_key, refresh, sid, be_id);
+	return dsr_forward(ctx, p, ct, new_key, refresh, sid, be_id);
 }
 
 /* lb_process is the whole XDP datapath after the pre-LB stages: parse,

@@ -71,6 +71,21 @@ static __always_inline __u32 weir_table_key(const struct service_value *svc)
 	return (svc->service_id << 1) | (svc->table_gen & 1);
 }
 
+/* Backend ID -> its word: a hash of what the datapath uses of the backend
+ * (service, address, port, tunnel) in the upper 30 bits, its state in the
+ * lower 2; 0 for no backend. Conntrack copies the word with the backend's
+ * address, so an established packet checks this small array, not the
+ * backend hash map. The agent stores words atomically (BPF_F_MMAPABLE);
+ * a new backend's word after its entry, a deleted one's zero before. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_MAX_BACKENDS + 1); /* IDs from 1 */
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_backend_words SEC(".maps");
+
 /* Frontend ID -> the frontend a client dialled (reverse NAT). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -43,12 +43,12 @@ static __always_inline int snat_same_flow(const struct snat_value *v, const stru
 }
 
 static __always_inline void snat_entry(struct snat_key *k, struct snat_value *v, const struct pkt *p,
-				       const struct backend_value *be, __u32 frontend_id, __u64 now)
+				       const __u8 *backend, __be16 backend_port, __u32 frontend_id, __u64 now)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	__builtin_memset(v, 0, sizeof(*v));
-	__builtin_memcpy(k->addr, be->addr, 16);
-	k->port = be->port;
+	__builtin_memcpy(k->addr, backend, 16);
+	k->port = backend_port;
 	k->proto = p->proto;
 	v->last_seen = now;
 	__builtin_memcpy(v->client, p->saddr.b, 16);
@@ -72,7 +72,7 @@ static __always_inline int snat_alloc(const struct pkt *p, const struct backend_
 		return -1;
 	range = max - min + 1;
 	off = flow_hash(p, 0) % range;
-	snat_entry(&k, &v, p, be, frontend_id, now);
+	snat_entry(&k, &v, p, be->addr, be->port, frontend_id, now);
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < WEIR_SNAT_TRIES; i++) {
 		struct snat_value *cur;
@@ -98,14 +98,14 @@ static __always_inline int snat_alloc(const struct pkt *p, const struct backend_
  * it back if the LRU evicted it). Called once a second per flow; it also
  * drops the replies' cached next hop, so that the next reply looks it up
  * again: a flow the forward path keeps fresh refreshes both ways. */
-static __always_inline void snat_refresh(const struct pkt *p, const struct backend_value *be, __be16 port,
+static __always_inline void snat_refresh(const struct pkt *p, const __u8 *backend, __be16 backend_port, __be16 port,
 					 __u32 frontend_id, __u64 now)
 {
 	struct snat_key k;
 	struct snat_value v;
 	struct snat_value *cur;
 
-	snat_entry(&k, &v, p, be, frontend_id, now);
+	snat_entry(&k, &v, p, backend, backend_port, frontend_id, now);
 	k.nat_port = port;
 	cur = bpf_map_lookup_elem(&weir_snat, &k);
 	if (cur) {

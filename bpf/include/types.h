@@ -113,6 +113,14 @@ struct ct_value {
 	__u8 flags;
 	__u8 pad;
 	struct fib_cache fib; /* towards the backend */
+	/* What the flow's packets need of the backend, copied with the
+	 * backend's word (weir_backend_words): while the word is the same, an
+	 * established packet needs no backend lookup. backend_dst is the
+	 * DSR outer destination, or the backend's address for SNAT. */
+	__u32 backend_word;
+	__be16 backend_port;
+	__u8 pad2[2];
+	__u8 backend_dst[16];
 };
 
 /* SNAT reverse entry, keyed by a reply from a backend to the node. */

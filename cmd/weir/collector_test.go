@@ -59,7 +59,7 @@ func obsService(tb testing.TB, m *bpf.Maps, id lb.ServiceID, name, port string, 
 	var ids []lb.BackendID
 	for i, b := range backends {
 		ap := netip.MustParseAddrPort(b)
-		bid := lb.BackendID(uint32(id)*100 + uint32(i) + 1)
+		bid := lb.BackendID(uint32(id)*10 + uint32(i) + 1)
 		obsMust(tb, dp.UpsertBackend(bid, lb.BackendEntry{ServiceID: id, Addr: ap.Addr(), Port: ap.Port(), Weight: 1}))
 		ids = append(ids, bid)
 	}
