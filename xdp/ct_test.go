@@ -155,6 +155,68 @@ func TestBackendWords(t *testing.T) {
 	}
 }
 
+// TestTCPClose: a client's FIN or RST marks its flow closing; the flow
+// keeps its backend while packets come, its entry expires 10 s after the
+// last one (not hours), and a SYN on its 4-tuple is a new connection,
+// balanced afresh; a SYN on a flow that isn't closing is a retransmission
+// and stays.
+func TestTCPClose(t *testing.T) {
+	e := newEnv(t, Config{})
+	f, s, fl := establishedOnA(t, e, 3400) // the table now names B only
+	sendTo := func(fl flow, flags uint8) netip.Addr {
+		t.Helper()
+		v, out := e.run(t, packet(fl, pktOpts{TCPFlags: flags}))
+		wantVerdict(t, v, xdpTX)
+		return o2tunnel(t, out)
+	}
+	ctOf := func(fl flow) bpf.CTValue {
+		t.Helper()
+		key := ctKeyOf(fl)
+		var ct bpf.CTValue
+		must(t, e.maps.CT.Lookup(&key, &ct))
+		return ct
+	}
+	const closing = 2 // WEIR_CT_F_CLOSING
+	if got := sendTo(fl, tcpSYN); got != f.tunA {
+		t.Fatalf("a retransmitted SYN went to %s, want the flow's backend %s", got, f.tunA)
+	}
+	if ct := ctOf(fl); ct.Flags&closing != 0 {
+		t.Fatal("the flow is closing before any FIN")
+	}
+	if got := sendTo(fl, tcpFIN|tcpACK); got != f.tunA {
+		t.Fatalf("the FIN went to %s, want %s", got, f.tunA)
+	}
+	if ct := ctOf(fl); ct.Flags&closing == 0 {
+		t.Fatal("a FIN did not mark the flow closing")
+	}
+	if got := sendTo(fl, tcpACK); got != f.tunA {
+		t.Errorf("an ACK after the FIN went to %s, want %s", got, f.tunA)
+	}
+	if got := sendTo(fl, tcpSYN); got != f.tunB {
+		t.Errorf("a SYN reusing the closed 4-tuple went to %s, want the table's %s", got, f.tunB)
+	}
+	if ct := ctOf(fl); ct.BackendID != 2 || ct.Flags&closing != 0 {
+		t.Errorf("the new connection's entry: backend %d, flags %#x", ct.BackendID, ct.Flags)
+	}
+
+	// Expiry: a closing flow idle for 11 s is gone; an open one is not.
+	e.setTable(t, s.ID, 1) // new flows to A again
+	open, closed := clientFlow(f, protoTCP, 3401), clientFlow(f, protoTCP, 3402)
+	sendTo(open, tcpSYN)
+	sendTo(closed, tcpSYN)
+	sendTo(closed, tcpRST)
+	e.setTable(t, s.ID, 2)
+	stale := uint64(time.Duration(ctOf(closed).LastSeen) - 11*time.Second)
+	stampFlow(t, e, open, stale)
+	stampFlow(t, e, closed, stale)
+	if got := sendTo(open, tcpACK); got != f.tunA {
+		t.Errorf("an open flow idle for 11 s moved to %s", got)
+	}
+	if got := sendTo(closed, tcpACK); got != f.tunB {
+		t.Errorf("a flow closed by RST and idle for 11 s stayed on %s, want it balanced again (%s)", got, f.tunB)
+	}
+}
+
 // TestQuarantinedBackend: a backend whose health check failed is dead, so
 // its established flows move to a live backend instead of black-holing.
 func TestQuarantinedBackend(t *testing.T) {

@@ -14,6 +14,17 @@
 
 /* ct_value.flags */
 #define WEIR_CT_F_SNAT 1 /* the flow was source-NATed (nat_port is its port) */
+#define WEIR_CT_F_CLOSING 2 /* TCP: the client sent a FIN or RST */
+
+/* How long a closing TCP flow's entry outlives its last packet, instead
+ * of the TCP timeout (hours): long enough for the last retransmissions,
+ * short enough that closed connections don't fill the table. */
+#define WEIR_CT_CLOSING_NS (10ULL * 1000000000ULL)
+
+#define WEIR_TCP_FIN 0x01
+#define WEIR_TCP_SYN 0x02
+#define WEIR_TCP_RST 0x04
+#define WEIR_TCP_ACK 0x10
 
 #define WEIR_CT_REFRESH_NS 1000000000ULL
 
@@ -48,15 +59,34 @@ static __always_inline void ct_key_from(struct ct_key *k, const struct pkt *p)
 	k->pad[2] = 0;
 }
 
-static __always_inline __u64 ct_timeout(__u8 proto)
+static __always_inline __u64 ct_timeout(const struct ct_value *ct, __u8 proto)
 {
-	return proto == IPPROTO_TCP ? cfg_ct_timeout_tcp_ns : cfg_ct_timeout_other_ns;
+	if (proto != IPPROTO_TCP)
+		return cfg_ct_timeout_other_ns;
+	return ct->flags & WEIR_CT_F_CLOSING ? WEIR_CT_CLOSING_NS : cfg_ct_timeout_tcp_ns;
 }
 
 /* ct_stale reports whether an entry has been idle past its timeout. */
 static __always_inline int ct_stale(const struct ct_value *ct, __u8 proto, __u64 now)
 {
-	return lb_age(now, ct->last_seen) > (__s64)ct_timeout(proto);
+	return lb_age(now, ct->last_seen) > (__s64)ct_timeout(ct, proto);
+}
+
+/* ct_tcp_reopens marks a flow closing when its client sends a FIN or RST
+ * (DSR shows the load balancer only the client's half), and reports
+ * whether the packet opens a new connection on a closing flow's 4-tuple
+ * instead: a SYN without ACK after the close, which a client reusing its
+ * port sends, and which must be balanced afresh (its old backend may be
+ * terminating) rather than follow the old connection. */
+static __always_inline int ct_tcp_reopens(struct ct_value *ct, const struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP)
+		return 0;
+	if (ct->flags & WEIR_CT_F_CLOSING)
+		return (p->tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) == WEIR_TCP_SYN;
+	if (p->tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))
+		ct->flags |= WEIR_CT_F_CLOSING;
+	return 0;
 }
 
 /* ct_touch refreshes last_seen when it is more than a second old, and

@@ -281,6 +281,8 @@ static __always_inline int lb_service(struct xdp_md *ctx, const struct pkt *p, c
 		 * flows are better off on a live backend. While the backend's
 		 * word is the one the entry copied, the entry has all the
 		 * packet needs: no backend lookup. */
+		if (ct_tcp_reopens(ct, p))
+			goto new_flow;
 		be_id = ct->backend_id;
 		word = backend_word(be_id);
 		if (!word || (word & WEIR_BACKEND_WORD_STATE) == WEIR_BACKEND_QUARANTINED)

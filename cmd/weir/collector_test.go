@@ -226,8 +226,10 @@ func TestCountEntries(t *testing.T) {
 func TestCTFlagMatchesHeader(t *testing.T) {
 	b, err := os.ReadFile("../../bpf/include/conntrack.h")
 	obsMust(t, err)
-	if !regexp.MustCompile(`(?m)^#define WEIR_CT_F_SNAT ` + fmt.Sprint(ctFlagSNAT) + `\b`).Match(b) {
-		t.Errorf("ctFlagSNAT = %d does not match WEIR_CT_F_SNAT in bpf/include/conntrack.h", ctFlagSNAT)
+	for name, v := range map[string]int{"WEIR_CT_F_SNAT": ctFlagSNAT, "WEIR_CT_F_CLOSING": ctFlagClosing} {
+		if !regexp.MustCompile(`(?m)^#define ` + name + ` ` + fmt.Sprint(v) + `\b`).Match(b) {
+			t.Errorf("%d does not match %s in bpf/include/conntrack.h", v, name)
+		}
 	}
 }
 

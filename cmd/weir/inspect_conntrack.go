@@ -16,9 +16,13 @@ import (
 	"github.com/weir-lb/weir/lb"
 )
 
-// ctFlagSNAT is WEIR_CT_F_SNAT of bpf/include/conntrack.h: the flow was
-// source-NATed and nat_port is its port.
-const ctFlagSNAT = 1
+// ctFlagSNAT and ctFlagClosing are WEIR_CT_F_SNAT and WEIR_CT_F_CLOSING
+// of bpf/include/conntrack.h: the flow was source-NATed and nat_port is
+// its port; the TCP client sent a FIN or RST.
+const (
+	ctFlagSNAT    = 1
+	ctFlagClosing = 2
+)
 
 // conntrackOptions are the flags of `weir inspect conntrack`.
 type conntrackOptions struct {
@@ -61,6 +65,9 @@ type CTEntryView struct {
 	// AgeSeconds is the time since the flow's last packet, to the second
 	// (the datapath refreshes it once a second).
 	AgeSeconds float64 `json:"age_seconds"`
+	// Closing: the TCP client sent a FIN or RST; the entry expires 10 s
+	// after the last packet, and a new SYN is balanced afresh.
+	Closing bool `json:"closing,omitempty"`
 
 	key                       bpf.CTKey
 	client, frontend, backend netip.Addr
@@ -109,6 +116,7 @@ func ctView(k *bpf.CTKey, v *bpf.CTValue, names ctNames, now time.Duration) CTEn
 	if v.Flags&ctFlagSNAT != 0 {
 		e.Mode, e.SNATPort = "snat", v.NatPort.Host()
 	}
+	e.Closing = v.Flags&ctFlagClosing != 0
 	if age := now - time.Duration(v.LastSeen); age > 0 {
 		e.AgeSeconds = age.Round(time.Second).Seconds()
 	}
