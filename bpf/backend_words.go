@@ -41,15 +41,22 @@ func backendWord(v *BackendValue) uint32 {
 	return w | uint32(v.State)&wordState
 }
 
-// storeBackendWords stores words[i] as the word of ids[i].
+// checkBackendID refuses an ID that has no word, before the backend's
+// entry is written. IDs index the words, which hold one more than
+// weir_backends (IDs start at 1), so an ID beyond them means as many
+// backends as the map holds: it is reported as that map being full.
+func (d *Datapath) checkBackendID(id lb.BackendID) error {
+	if uint32(id) >= d.maps.BackendWords.MaxEntries() {
+		return fmt.Errorf("backend %d: %w", id, &MapFullError{Map: "weir_backends", MaxEntries: d.maps.Backends.MaxEntries(), Flag: sizeFlag("weir_backends")})
+	}
+	return nil
+}
+
+// storeBackendWords stores words[i] as the word of ids[i], IDs checked.
 func (d *Datapath) storeBackendWords(ids []lb.BackendID, words []uint32) error {
-	limit := d.maps.BackendWords.MaxEntries()
 	order := make([]int, len(ids))
 	for i := range order {
 		order[i] = i
-		if uint32(ids[i]) >= limit {
-			return fmt.Errorf("backend %d: %w", ids[i], &MapFullError{Map: "weir_backend_words", MaxEntries: limit, Flag: sizeFlag("weir_backend_words")})
-		}
 	}
 	slices.SortFunc(order, func(a, b int) int { return int(ids[a]) - int(ids[b]) })
 	// Array values are 8-byte aligned in memory, also 4-byte ones.

@@ -43,7 +43,7 @@ var (
 // NewDatapath returns the Datapath writing to m. It doesn't own m: the
 // caller closes m after its last use of the Datapath.
 func NewDatapath(m *Maps) *Datapath {
-	slab := m.MaglevInner.Copy()
+	slab := m.MaglevSlab.Copy()
 	slab.Key, slab.Value = nil, nil
 	slab.Pinning = ebpf.PinNone
 	slab.Name = "weir_maglev_slab"
@@ -54,6 +54,9 @@ func NewDatapath(m *Maps) *Datapath {
 func (d *Datapath) UpsertBackend(id lb.BackendID, e lb.BackendEntry) error {
 	v, err := BackendValueFrom(id, e)
 	if err != nil {
+		return err
+	}
+	if err := d.checkBackendID(id); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -69,7 +72,7 @@ func (d *Datapath) UpsertBackend(id lb.BackendID, e lb.BackendEntry) error {
 func (d *Datapath) DeleteBackend(id lb.BackendID) error {
 	// The word first: a packet that still finds the entry then looks
 	// it up, and finds it gone or still there, never a stale copy.
-	if uint32(id) < d.maps.BackendWords.MaxEntries() {
+	if d.checkBackendID(id) == nil { // else it never had an entry
 		if err := d.storeBackendWords([]lb.BackendID{id}, []uint32{0}); err != nil {
 			return err
 		}
@@ -181,8 +184,16 @@ const batchChunk = 2048
 // UpsertBackends writes backends in batches (lb.EntryBatcher), then the
 // words of those written.
 func (d *Datapath) UpsertBackends(ids []lb.BackendID, es []lb.BackendEntry) (int, error) {
-	words := make([]uint32, len(ids))
-	n, err := writeBatch(d.maps.Backends, "weir_backends", len(ids),
+	// Only the entries before the first ID without a word are written.
+	fits := len(ids)
+	for i, id := range ids {
+		if d.checkBackendID(id) != nil {
+			fits = i
+			break
+		}
+	}
+	words := make([]uint32, fits)
+	n, err := writeBatch(d.maps.Backends, "weir_backends", fits,
 		func(i int, k *uint32, v *BackendValue) (err error) {
 			*k = uint32(ids[i])
 			*v, err = BackendValueFrom(ids[i], es[i])
@@ -194,6 +205,9 @@ func (d *Datapath) UpsertBackends(ids []lb.BackendID, es []lb.BackendEntry) (int
 		// Their entries are written, their words not: report none of
 		// them, so that the caller writes each again.
 		return 0, werr
+	}
+	if err == nil && fits < len(ids) {
+		err = d.checkBackendID(ids[fits])
 	}
 	return n, err
 }

@@ -369,8 +369,8 @@ func TestDatapathRejects(t *testing.T) {
 }
 
 // BenchmarkDatapathUpsert measures single writes. Maglev/251 replaces
-// tables by tables of another size: a new inner map swapped in, with the
-// kernel's RCU grace period. Maglev/251/in-place rewrites tables of the
+// tables by tables of another size: a new run of the slab, and a grace
+// period whenever the slab runs out of free runs. Maglev/251/in-place rewrites tables of the
 // same size, what a backend change costs. Maglevs writes batches of either
 // kind. Every table case reports ns/table.
 func BenchmarkDatapathUpsert(b *testing.B) {

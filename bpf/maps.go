@@ -58,11 +58,11 @@ type Maps struct {
 	// recvmsg hooks; it can't be listed from user space).
 	SockPeer *ebpf.Map
 
-	// MaglevInner is the spec of the Maglev slab; MaxEntries is set when
+	// MaglevSlab is the spec of the Maglev slab; MaxEntries is set when
 	// it is created or grown.
-	MaglevInner *ebpf.MapSpec
-	tables      *tableSlab
-	root        string
+	MaglevSlab *ebpf.MapSpec
+	tables     *tableSlab
+	root       string
 }
 
 // MapsSpec returns the specs of the shared maps with sizes applied.
@@ -137,7 +137,7 @@ func OpenMaps(root string, sizes MapSizes) (*Maps, error) {
 		NodeAddrs:       objs.WeirNodeAddrs,
 		EventsLost:      objs.WeirEventsLost,
 		SockPeer:        objs.WeirSockPeer,
-		MaglevInner:     spec.Maps["weir_maglev"].InnerMap.Copy(),
+		MaglevSlab:      spec.Maps["weir_maglev"].InnerMap.Copy(),
 		tables:          &tableSlab{},
 		root:            root,
 	}, nil

@@ -17,7 +17,7 @@ func LoadPinnedMaps(root string) (*Maps, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Maps{root: root, MaglevInner: spec.Maps["weir_maglev"].InnerMap.Copy(), tables: &tableSlab{}}
+	m := &Maps{root: root, MaglevSlab: spec.Maps["weir_maglev"].InnerMap.Copy(), tables: &tableSlab{}}
 	for name, dst := range m.fields() {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(root, name), &ebpf.LoadPinOptions{ReadOnly: false})
 		if errors.Is(err, os.ErrNotExist) {

@@ -18,13 +18,13 @@ struct service_value {
 	__u32 service_id;
 	__u32 frontend_id;
 	__u32 backends; /* backends that take new flows; 0 rejects */
-	__u32 table_size; /* slots in this service's Maglev table */
+	__u32 table_size; /* slots in the live table, for inspection (programs read weir_maglev_index) */
 	__u32 affinity_timeout; /* seconds */
 	__u16 flags;
 	__u8 mode;
 	/* Which of the service's two Maglev tables is live (bit 0): see
-	 * weir_table_key. It shares the value with table_size, so one update
-	 * of the entry switches both at once. */
+	 * weir_table_key. One update of the entry switches tables; the
+	 * table's offset and size come from its index word. */
 	__u8 table_gen;
 };
 
